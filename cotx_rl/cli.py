@@ -1,0 +1,56 @@
+"""`cotx-rl <stage> --config recipe.yaml [--key value ...]`: one subcommand per stage of the data flow.
+
+Each stage module exposes `make_parser()` (a TRL `TrlParser` over the stage's dataclasses) and `main(...)`, and runs
+the same under `python -m cotx_rl.<stage>` and `accelerate launch -m cotx_rl.<stage>`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+STAGES = {
+    "problems": "Load problems from a file or dataset, or make the embedded domain's problems.",
+    "traces": "Have a teacher write reasoning traces for problems (resumable).",
+    "verify": "Keep the traces whose final answer is correct; count drops by reason.",
+    "compress": "Compress kept traces to every budget on the grid; label modes and auto budgets.",
+    "sft": "Phase 1: supervised fine-tuning on budgeted examples (or full traces).",
+    "grpo": "Phase 2: GRPO with the composite reward, starting from the SFT model.",
+    "eval": "Accuracy and budget fidelity per mode and budget, with baselines, plots and a report.",
+    "pipeline": "Run every stage from one recipe, skipping the stages already done.",
+}
+
+
+def usage() -> str:
+    lines = ["usage: cotx-rl <stage> --config <recipe.yaml> [--key value ...]", "", "stages:"]
+    lines += [f"  {name:<10}{text}" for name, text in STAGES.items()]
+    lines += ["", "`cotx-rl <stage> --help` lists every recipe key of a stage."]
+    return "\n".join(lines)
+
+
+def run_stage(stage: str, argv: list[str]):
+    """Parse a stage's recipe and flags, then run its `main`."""
+    module = importlib.import_module(f"cotx_rl.{stage}")
+    parsed = module.make_parser().parse_args_and_config(argv)
+    return module.main(*parsed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(usage() + "\n")
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        sys.stderr.write(f"cotx-rl: unknown stage {stage!r}.\n\n{usage()}\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cotx_rl.io import StageInputError
+
+    try:
+        run_stage(stage, rest)
+    except StageInputError as error:
+        sys.stderr.write(f"cotx-rl {stage}: {error}\n")
+        return 2
+    return 0

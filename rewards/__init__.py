@@ -1,0 +1,24 @@
+"""Reward functions for budget-aware reasoning, usable on their own with TRL's `GRPOTrainer`.
+
+Every reward takes TRL's `reward_funcs` signature (`prompts`, `completions`, `completion_ids` and dataset columns by
+name, plus `**kwargs`) and returns one `float | None` per completion. Parameterised rewards are classes; the
+lower-case names are ready-made instances (or, for `format_reward`, a function).
+"""
+
+from rewards.budget_fidelity import BudgetFidelityReward, budget_fidelity_reward
+from rewards.composite import CompositeReward, composite_reward
+from rewards.correctness import CorrectnessReward, correctness_reward
+from rewards.format import format_reward
+from rewards.registry import REGISTRY, load
+
+__all__ = [
+    "REGISTRY",
+    "BudgetFidelityReward",
+    "CompositeReward",
+    "CorrectnessReward",
+    "budget_fidelity_reward",
+    "composite_reward",
+    "correctness_reward",
+    "format_reward",
+    "load",
+]

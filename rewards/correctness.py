@@ -1,0 +1,225 @@
+"""Answer-correctness reward: 1.0 when a completion's final answer equals the gold answer, 0.0 otherwise.
+
+Pipeline for each (gold, completion) pair:
+
+1. Extract the final answer of the completion and of the gold (`extract_final_answer`): the last `\\boxed{}`, a
+   `#### n` line, "the final answer is ...", "Answer: ...", and a few fallbacks.
+2. Decide in this process, without sympy, the pairs that need no algebra: the same spelling, two plain numbers
+   (`7,425,000`, `\\frac{3}{4}`, `50\\%`, `5 cm`, `x = 5`) or plain-text answers. Most GSM8K-style answers stop here.
+3. Send the remaining pairs, in one round trip per batch, to a persistent pool of worker processes, where
+   latex2sympy2_extended and sympy compare them (`rewards._math_equal`) under a hard per-item deadline
+   (`rewards._pool`). An item that runs past its deadline scores 0.0.
+
+Model text is untrusted: it is never evaluated as Python in either process. See `rewards._math_equal`.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from rewards._answers import (
+    canonical_spelling,
+    compare_plain_numbers,
+    compare_text,
+    extract_final_answer,
+    extract_gold_answer,
+)
+from rewards._completions import broadcast, completion_text
+from rewards._pool import Failure, WorkerPool
+
+__all__ = ["CorrectnessReward", "answers_match", "correctness_reward", "extract_final_answer"]
+
+logger = logging.getLogger(__name__)
+
+_WORKER_MODULE = "rewards._math_equal"
+
+
+def _compare_in_worker(gold: str, pred: str) -> float | None:
+    """Worker-side entry point; imports sympy only inside the worker."""
+    from rewards._math_equal import compare_answers
+
+    return compare_answers(gold, pred)
+
+
+def _init_worker() -> None:
+    from rewards._math_equal import init_worker
+
+    init_worker()
+
+
+def _as_text(gold: Any) -> str | None:
+    """Gold answers are strings, but a dataset column of numbers (72, 0.5) is read as their decimal spelling."""
+    if isinstance(gold, str):
+        return gold
+    if isinstance(gold, numbers.Number) and not isinstance(gold, bool):
+        return str(gold)
+    return None
+
+
+def fast_compare(gold_answer: str, pred_answer: str) -> bool | None:
+    """Decide a pair of extracted answers without computer algebra, or return None when that needs sympy."""
+    if canonical_spelling(gold_answer) == canonical_spelling(pred_answer):
+        return True
+    as_numbers = compare_plain_numbers(gold_answer, pred_answer)
+    if as_numbers is not None:
+        return as_numbers
+    return compare_text(gold_answer, pred_answer)
+
+
+class CorrectnessReward:
+    """Reward for a correct final answer, with TRL's reward-function signature.
+
+    Returns, per completion, 1.0 when its final answer is mathematically equal to the gold answer, 0.0 when it is
+    not (including when no answer can be found in it, and when comparing takes longer than `timeout_seconds`), and
+    None when the gold answer itself cannot be read or parsed (TRL then skips that reward for the sample).
+
+    Equality covers integers and decimals (thousands separators, `1000.0`, `.5`), fractions, percentages, radicals,
+    powers, pi and e, units and `\\text{}`, `x = 5` against `5`, symbolic expressions, equations and inequalities,
+    intervals (bracket type matters), sets (unordered; a bare `1, 2` is a set), tuples (ordered), matrices and plain
+    text (case-insensitive). Numbers are never rescaled: 5 is not 500 or 0.05, while `50\\%` equals 0.5 and 1/2 (and,
+    as in Math-Verify, an integer percentage also equals its bare number: `28\\%` = 28). Exact values compare exactly
+    (16386.17 is not 16386.16, 10^11 is not 10^11 - 1); a decimal that approximates a value with no finite decimal
+    expansion (0.333333 for 1/3, 1.414214 for sqrt(2)) compares with relative tolerance 1e-6.
+
+    No process is started until a batch contains a pair that needs symbolic comparison. The object can be pickled;
+    its worker pool is not sent along but started again, lazily, where it is unpickled. As with any code that starts
+    processes with `spawn` or `forkserver`, a script that uses it must keep its top-level code under
+    `if __name__ == "__main__":`, since workers import the main module.
+
+    Args:
+        timeout_seconds (`float`, defaults to 2.0):
+            Deadline for the symbolic comparison of one pair; the worker is killed when it passes.
+        num_workers (`int`, *optional*):
+            Number of worker processes. Defaults to the number of CPUs, at most 4.
+        memory_limit_mb (`int`, *optional*, defaults to 4096):
+            Address-space limit of each worker, against answers such as `10^{10^{10}}!`. None: no limit.
+        start_method (`str`, *optional*):
+            Multiprocessing start method for the workers: `"forkserver"` (the default where available) or
+            `"spawn"`. Never `"fork"`, which is unsafe in a multi-threaded trainer.
+
+    Example:
+        ```python
+        >>> from rewards import correctness_reward
+        >>> correctness_reward(["... so the answer is \\\\boxed{\\\\frac{1}{2}}", "#### 0.4"], answer=["0.5", "0.5"])
+        [1.0, 0.0]
+        ```
+    """
+
+    def __init__(
+        self,
+        timeout_seconds: float = 2.0,
+        num_workers: int | None = None,
+        memory_limit_mb: int | None = 4096,
+        start_method: str | None = None,
+    ):
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        self.__name__ = "correctness_reward"
+        self.timeout_seconds = timeout_seconds
+        self.num_workers = num_workers or max(1, min(4, os.cpu_count() or 1))
+        self.memory_limit_mb = memory_limit_mb
+        self.start_method = start_method
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+
+    def __call__(self, completions: list[Any], answer: Any, **kwargs: Any) -> list[float | None]:
+        """Score completions (strings or chat messages) against the `answer` column (one gold per completion)."""
+        texts = [completion_text(c) for c in completions]
+        golds = broadcast(answer, len(texts), "answer")
+        return self.score(golds, texts)
+
+    def score(self, golds: Sequence[Any], texts: Sequence[str]) -> list[float | None]:
+        """Score completion texts against gold answers; the batch API that `__call__` and other rewards use.
+
+        Args:
+            golds (`Sequence[str]`):
+                One gold answer per text: a bare answer (`"72"`, `"\\\\frac{1}{2}"`) or a solution with a box.
+            texts (`Sequence[str]`):
+                Completion texts.
+
+        Returns:
+            `list[float | None]`: 1.0, 0.0, or None (unreadable gold) per pair.
+        """
+        if len(golds) != len(texts):
+            raise ValueError(f"Got {len(golds)} gold answers for {len(texts)} completions.")
+        scores: list[float | None] = [None] * len(texts)
+        symbolic: dict[tuple[str, str], list[int]] = {}
+        for index, (gold, text) in enumerate(zip(golds, texts)):
+            gold_answer = extract_gold_answer(_as_text(gold))
+            if gold_answer is None:
+                continue
+            pred_answer = extract_final_answer(text) if isinstance(text, str) else None
+            if pred_answer is None:
+                scores[index] = 0.0
+                continue
+            decided = fast_compare(gold_answer, pred_answer)
+            if decided is not None:
+                scores[index] = float(decided)
+            else:
+                # Identical pairs (a GRPO group repeating itself) are compared once.
+                symbolic.setdefault((gold_answer, pred_answer), []).append(index)
+        if symbolic:
+            pairs = list(symbolic)
+            outcomes = self._get_pool().map(pairs)
+            failed = sum(isinstance(outcome, Failure) for outcome in outcomes)
+            if failed:
+                logger.info("%d of %d symbolic comparisons timed out or failed and score 0.0.", failed, len(pairs))
+            for pair, outcome in zip(pairs, outcomes):
+                value = 0.0 if isinstance(outcome, Failure) else outcome
+                for index in symbolic[pair]:
+                    scores[index] = value
+        return scores
+
+    def close(self) -> None:
+        """Stop the worker processes (they are started again if the reward is used afterwards)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def _get_pool(self) -> WorkerPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WorkerPool(
+                    _compare_in_worker,
+                    num_workers=self.num_workers,
+                    timeout_seconds=self.timeout_seconds,
+                    initializer=_init_worker,
+                    preload=(_WORKER_MODULE,),
+                    memory_limit_mb=self.memory_limit_mb,
+                    start_method=self.start_method,
+                )
+            return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        del state["_pool_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(timeout_seconds={self.timeout_seconds}, num_workers={self.num_workers})"
+
+
+def answers_match(gold: str, pred: str) -> bool:
+    """Whether the completion text `pred` states an answer equal to `gold`.
+
+    Uses the default `correctness_reward`; `pred` may also be a bare answer (`"\\\\frac{1}{2}"`).
+
+    Args:
+        gold (`str`): The gold answer.
+        pred (`str`): A completion text or a bare answer.
+    """
+    return correctness_reward.score([gold], [pred])[0] == 1.0
+
+
+correctness_reward = CorrectnessReward()
