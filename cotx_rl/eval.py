@@ -1,0 +1,278 @@
+"""Stage `eval`: accuracy and budget fidelity of every model, for every mode and budget, with baselines.
+
+Models are named in the recipe: `full_cot` (fine-tuned on uncompressed traces, no budget; evaluated without a
+directive), `truncation` (the full-CoT student's thought force-closed at N tokens), and the budget students (`sft`,
+`grpo`, or any other name), evaluated in `exact` and `max` mode at every grid budget, in `auto` mode, and without a
+directive. Greedy decoding throughout.
+
+Outputs in `output_dir`: `report.json` (schema in the README), `report.md` (the table), and PNG plots: accuracy
+against mean thinking tokens (the Pareto picture), requested against actual thinking tokens, and thinking tokens by
+difficulty in `auto` mode. All are also logged to W&B when `report_to: wandb`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cotx_rl.budget import THINK_END, THINK_START, count_thinking_tokens, parse_completion, render_prompt
+from cotx_rl.compress import check_grid
+from cotx_rl.io import StageInputError, read_rows, require_columns, write_json
+from cotx_rl.metrics import Outcome, auto_summary, budget_summary, plain_summary
+from cotx_rl.student import check_model_source, load_tokenizer
+from rewards.correctness import correctness_reward
+
+logger = logging.getLogger(__name__)
+BUDGET_MODELS_EXCLUDED = ("full_cot", "truncation")
+
+
+@dataclass
+class EvalArguments:
+    """Every field is a recipe key of the `eval` stage."""
+
+    test_path: str = field(metadata={"help": "Test problems (`id`, `question`, `answer`, optional `difficulty`)."})
+    output_dir: str = field(metadata={"help": "Folder for report.json, report.md and the plots."})
+    models: dict[str, str] | str = field(
+        default_factory=dict,
+        metadata={
+            "help": "Model name -> path (JSON on the command line). `full_cot` is the uncompressed-trace student; "
+            "every other name is a budget student evaluated in every mode."
+        },
+    )
+    truncation_model: str | None = field(
+        default=None, metadata={"help": "Student whose thought is force-closed at N (default: the full_cot model)."}
+    )
+    budget_grid: list[int] = field(
+        default_factory=lambda: [24, 48, 72, 96], metadata={"help": "Budgets evaluated in exact and max mode."}
+    )
+    modes: list[str] = field(
+        default_factory=lambda: ["exact", "max", "auto", "unbudgeted"],
+        metadata={"help": "Modes evaluated for budget students: exact, max, auto, unbudgeted."},
+    )
+    limit: int | None = field(default=None, metadata={"help": "Evaluate the first N test problems only."})
+    batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    report_to: str = field(default="none", metadata={"help": "`wandb` to log the report and plots, or `none`."})
+    wandb_project: str = field(default="cotx-rl", metadata={"help": "W&B project of the eval run."})
+    run_name: str | None = field(default=None, metadata={"help": "W&B run name (default: the output folder name)."})
+
+    def __post_init__(self):
+        if isinstance(self.models, str):
+            self.models = json.loads(self.models)
+        check_grid(self.budget_grid)
+        unknown = set(self.modes) - {"exact", "max", "auto", "unbudgeted"}
+        if unknown:
+            raise StageInputError(f"Unknown eval modes {sorted(unknown)}; choose from exact, max, auto, unbudgeted.")
+        if not self.models:
+            raise StageInputError("eval needs at least one model in `models` (name -> path).")
+
+
+def load_eval_model(path: str):
+    """`(model, tokenizer)` from a full model folder or a LoRA adapter folder (merged onto its base)."""
+    check_model_source(path, "model path")
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path)
+    return model.eval(), load_tokenizer(path)
+
+
+def thinking_tokens_used(text: str, ids: list[int], tokenizer) -> int:
+    """Thinking tokens of a completion; a thought never closed counts every token after `<think>`."""
+    counted = count_thinking_tokens(text, tokenizer, ids)
+    if counted is not None:
+        return counted
+    start_id = tokenizer.convert_tokens_to_ids(THINK_START)
+    if start_id in ids:
+        return len(ids) - ids.index(start_id) - 1
+    return len(ids) if THINK_START in text and THINK_END not in text else 0
+
+
+def score_completions(rows, texts, ids, tokenizer, budget_tokens: int | None, mode: str | None) -> list[Outcome]:
+    correct = correctness_reward(texts, [row["answer"] for row in rows])
+    outcomes = []
+    for row, text, token_ids, score in zip(rows, texts, ids, correct):
+        declared = parse_completion(text).declared_budget_tokens
+        target = declared if mode == "auto" else budget_tokens
+        outcomes.append(
+            Outcome(
+                score or 0.0, thinking_tokens_used(text, token_ids, tokenizer), target, declared, row.get("difficulty")
+            )
+        )
+    return outcomes
+
+
+def evaluate_budget_student(model, tokenizer, rows, args: EvalArguments, name: str) -> dict:
+    from cotx_rl.generation import generate
+
+    result = {}
+    questions = [row["question"] for row in rows]
+    for mode in ("exact", "max"):
+        if mode not in args.modes:
+            continue
+        result[mode] = {}
+        for budget in args.budget_grid:
+            prompts = [render_prompt(q, mode, budget) for q in questions]
+            texts, ids = generate(
+                model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} {mode} {budget}"
+            )
+            result[mode][str(budget)] = budget_summary(score_completions(rows, texts, ids, tokenizer, budget, mode))
+    if "auto" in args.modes:
+        prompts = [render_prompt(q, "auto") for q in questions]
+        texts, ids = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} auto")
+        result["auto"] = auto_summary(score_completions(rows, texts, ids, tokenizer, None, "auto"))
+    if "unbudgeted" in args.modes:
+        result["unbudgeted"] = evaluate_unbudgeted(model, tokenizer, rows, args, name)
+    return result
+
+
+def evaluate_unbudgeted(model, tokenizer, rows, args: EvalArguments, name: str) -> dict:
+    from cotx_rl.generation import generate
+
+    texts, ids = generate(
+        model,
+        tokenizer,
+        [r["question"] for r in rows],
+        args.max_new_tokens,
+        args.batch_size,
+        desc=f"{name} unbudgeted",
+    )
+    outcomes = score_completions(rows, texts, ids, tokenizer, None, None)
+    summary = plain_summary(outcomes)
+    summary["by_difficulty"] = {
+        k: {"accuracy": v["accuracy"], "mean_thinking_tokens": v["mean_thinking_tokens"]}
+        for k, v in auto_summary(outcomes)["by_difficulty"].items()
+    }
+    return summary
+
+
+def evaluate_truncation(model, tokenizer, rows, args: EvalArguments) -> dict:
+    """The student's thought cut at N tokens and closed; reported under `exact` and `max` (same completions)."""
+    from cotx_rl.generation import generate
+
+    exact, maximum = {}, {}
+    for budget in args.budget_grid:
+        texts, ids = generate(
+            model, tokenizer, [r["question"] for r in rows], args.max_new_tokens, args.batch_size,
+            close_thought_at=budget, desc=f"truncation {budget}",
+        )  # fmt: skip
+        outcomes = score_completions(rows, texts, ids, tokenizer, budget, "exact")
+        exact[str(budget)] = maximum[str(budget)] = budget_summary(outcomes)
+    return {"exact": exact, "max": maximum}
+
+
+def run_evaluations(args: EvalArguments, rows: list[dict]) -> dict:
+    report: dict[str, Any] = {}
+    truncation_path = args.truncation_model or args.models.get("full_cot")
+    for name, path in args.models.items():
+        model, tokenizer = load_eval_model(path)
+        if name == "full_cot":
+            report[name] = {"unbudgeted": evaluate_unbudgeted(model, tokenizer, rows, args, name)}
+        else:
+            report[name] = evaluate_budget_student(model, tokenizer, rows, args, name)
+        if path == truncation_path:
+            report["truncation"] = evaluate_truncation(model, tokenizer, rows, args)
+        del model
+    if truncation_path and "truncation" not in report:
+        model, tokenizer = load_eval_model(truncation_path)
+        report["truncation"] = evaluate_truncation(model, tokenizer, rows, args)
+    return report
+
+
+def markdown_table(report: dict, grid: list[int]) -> str:
+    """One row per model and mode: accuracy (and mean thinking tokens) per budget, then auto and unbudgeted."""
+
+    def cell(entry: dict | None, error_key: str | None = None) -> str:
+        if not entry:
+            return "-"
+        text = f"{100 * entry['accuracy']:.1f}% / {entry['mean_thinking_tokens']:.0f}"
+        if error_key and entry.get(error_key) is not None:
+            text += f" / {100 * entry[error_key]:.1f}%"
+        return text
+
+    header = "| model | mode | " + " | ".join(f"N={b}" for b in grid) + " | auto | unbudgeted |"
+    lines = [
+        "Cells: accuracy / mean thinking tokens / budget error (exact: mean \\|n-N\\|/N; max: in-budget rate; "
+        "auto: mean \\|n-declared\\|/declared).",
+        "",
+        header,
+        "|" + "---|" * (len(grid) + 4),
+    ]
+    for name, modes in report.items():
+        for mode, key in (("exact", "mean_abs_rel_error"), ("max", "in_budget_rate")):
+            if mode in modes:
+                cells = [cell(modes[mode].get(str(b)), key) for b in grid]
+                lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " | - | - |")
+        extra = [cell(modes.get("auto"), "mean_abs_rel_error"), cell(modes.get("unbudgeted"))]
+        if any(c != "-" for c in extra):
+            lines.append(
+                f"| {name} | auto / none | " + " | ".join("-" for _ in grid) + f" | {extra[0]} | {extra[1]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: EvalArguments) -> dict:
+    rows = read_rows(args.test_path, "Test problems")
+    require_columns(rows, ["id", "question", "answer"], f"Test problems {args.test_path!r}")
+    for path in [*args.models.values(), *([args.truncation_model] if args.truncation_model else [])]:
+        check_model_source(path, "model path")
+    rows = rows[: args.limit] if args.limit else rows
+    report = {"models": run_evaluations(args, rows), "budget_grid": args.budget_grid, "num_problems": len(rows)}
+    output_dir = Path(args.output_dir)
+    write_json(output_dir / "report.json", report)
+    table = markdown_table(report["models"], args.budget_grid)
+    (output_dir / "report.md").write_text(table, encoding="utf-8")
+    from cotx_rl.plots import save_plots
+
+    plots = save_plots(report, output_dir)
+    if args.report_to == "wandb":
+        log_to_wandb(args, report, table, plots)
+    logger.info("Evaluation report (%d problems) in %s\n%s", len(rows), output_dir, table)
+    return report
+
+
+def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path]) -> None:
+    import wandb
+
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
+        os.environ["WANDB_MODE"] = "offline"
+        logger.warning("WANDB_API_KEY is not set: the eval run is logged offline; upload it with `wandb sync`.")
+    run = wandb.init(
+        project=args.wandb_project,
+        name=args.run_name or Path(args.output_dir).name,
+        dir=args.output_dir,
+        job_type="eval",
+    )
+    flat = {}
+    for name, modes in report["models"].items():
+        for mode, entry in modes.items():
+            for key, value in entry.items():
+                if isinstance(value, dict):
+                    for metric, number in value.items():
+                        if isinstance(number, (int, float)):
+                            flat[f"eval/{name}/{mode}/{key}/{metric}"] = number
+                elif isinstance(value, (int, float)):
+                    flat[f"eval/{name}/{mode}/{key}"] = value
+    run.log(flat)
+    run.log({f"eval/plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+    run.summary["report_markdown"] = table
+    run.finish()
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((EvalArguments,))
+
+
+if __name__ == "__main__":
+    (eval_args,) = make_parser().parse_args_and_config()
+    main(eval_args)

@@ -1,0 +1,189 @@
+"""Phase 2, stage `grpo`: GRPO on the SFT student with the composite reward, with TRL's `GRPOTrainer`.
+
+Each training prompt gets a mode and a budget drawn from the configured modes and grid, so one run teaches all three
+modes. Rewards come from the recipe by registry name or dotted path (`rewards.load`), with per-reward parameters;
+rewards that take a `tokenizer` get the student's. Per-mode budget metrics are logged every step by the budget
+rewards (through TRL's `log_metric` hook), and `log_completions: true` logs a table of sample completions to W&B.
+
+Run: `accelerate launch -m cotx_rl.grpo --config recipes/tiny/grpo.yaml` or `cotx-rl grpo --config ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rewards
+from cotx_rl.budget import BUDGET_MODES, render_prompt
+from cotx_rl.compress import check_grid
+from cotx_rl.io import StageInputError, read_rows, require_columns
+from cotx_rl.student import configure_tracking, load_tokenizer, lora_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOScriptArguments:
+    """Every field is a recipe key of the `grpo` stage (with TRL's `GRPOConfig` and `ModelConfig` keys)."""
+
+    sft_model_path: str = field(metadata={"help": "The SFT stage's output: a full model or a LoRA adapter folder."})
+    problems_path: str = field(
+        metadata={"help": "Training problems (`question`, `answer`); `budget_mode`/`budget_tokens` are kept if there."}
+    )
+    budget_grid: list[int] = field(
+        default_factory=lambda: [24, 48, 72, 96], metadata={"help": "Budgets drawn for exact and max prompts."}
+    )
+    mode_proportions: dict[str, float] | str = field(
+        default_factory=lambda: {"exact": 0.4, "max": 0.3, "auto": 0.3},
+        metadata={"help": "Share of prompts per mode (JSON on the command line)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["composite_reward"],
+        metadata={"help": "Reward names from the registry or dotted import paths (`my_pkg.my_module.my_reward`)."},
+    )
+    reward_kwargs: dict[str, dict] | str = field(
+        default_factory=dict,
+        metadata={"help": "Per-reward constructor parameters: {reward name: {param: value}} (JSON on the CLI)."},
+    )
+    answer_tokens: int = field(
+        default=16,
+        metadata={
+            "help": "Tokens reserved after the thought (tags, answer, EOS) when checking max_completion_length."
+        },
+    )
+    num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems only."})
+
+    def __post_init__(self):
+        for name in ("mode_proportions", "reward_kwargs"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, json.loads(getattr(self, name)))
+        check_grid(self.budget_grid)
+        unknown = set(self.mode_proportions) - set(BUDGET_MODES)
+        if unknown or not sum(self.mode_proportions.values()):
+            raise StageInputError(f"mode_proportions {self.mode_proportions!r} must give shares to exact, max, auto.")
+
+
+def budgeted_prompts(rows: list[dict], args: GRPOScriptArguments, seed: int) -> list[dict]:
+    """Rows with a drawn (or given) mode and budget, and the chat prompt that asks for it."""
+    rng = random.Random(seed)
+    modes, weights = zip(*args.mode_proportions.items())
+    out = []
+    for row in rows:
+        mode = row.get("budget_mode") or rng.choices(modes, weights)[0]
+        budget = row.get("budget_tokens") if row.get("budget_mode") else None
+        if mode != "auto" and budget is None:
+            budget = rng.choice(args.budget_grid)
+        if mode != "auto" and budget not in args.budget_grid:
+            raise StageInputError(
+                f"Row {row.get('id')!r} asks for budget {budget}, outside budget_grid {args.budget_grid}."
+            )
+        out.append(
+            {**row, "budget_mode": mode, "budget_tokens": budget if mode != "auto" else None,
+             "prompt": [{"role": "user", "content": render_prompt(row["question"], mode, budget)}]}
+        )  # fmt: skip
+    return out
+
+
+def build_rewards(args: GRPOScriptArguments, tokenizer) -> list:
+    """Reward callables from the recipe, with the student's tokenizer for those that count tokens."""
+    unknown_params = set(args.reward_kwargs) - set(args.reward_funcs)
+    if unknown_params:
+        raise StageInputError(
+            f"reward_kwargs names {sorted(unknown_params)}, not in reward_funcs {args.reward_funcs}."
+        )
+    built = []
+    for name in args.reward_funcs:
+        kwargs = dict(args.reward_kwargs.get(name, {}))
+        try:
+            target = rewards.registry.resolve(name)
+            if rewards.registry.accepts(target, "tokenizer") and "tokenizer" not in kwargs:
+                kwargs["tokenizer"] = tokenizer
+            built.append(rewards.load(target, **kwargs))
+        except ValueError as error:
+            raise StageInputError(str(error)) from error
+    return built
+
+
+def check_settings(args: GRPOScriptArguments, training_args, num_processes: int) -> None:
+    """The checks that fail before training: each names the value that is wrong."""
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(args.reward_funcs):
+        raise StageInputError(
+            f"reward_weights has {len(weights)} values for {len(args.reward_funcs)} reward_funcs {args.reward_funcs}."
+        )
+    global_batch = (
+        training_args.per_device_train_batch_size * num_processes * training_args.gradient_accumulation_steps
+    )
+    if global_batch % training_args.num_generations:
+        raise StageInputError(
+            f"The global batch ({training_args.per_device_train_batch_size} per device x {num_processes} processes x "
+            f"{training_args.gradient_accumulation_steps} accumulation = {global_batch}) is not divisible by "
+            f"num_generations={training_args.num_generations}."
+        )
+    needed = max(args.budget_grid) + args.answer_tokens
+    if training_args.max_completion_length < needed:
+        raise StageInputError(
+            f"max_completion_length={training_args.max_completion_length} is shorter than the largest budget "
+            f"({max(args.budget_grid)}) plus the answer ({args.answer_tokens} tokens): set it to at least {needed}."
+        )
+    if not Path(args.sft_model_path).is_dir():
+        raise StageInputError(f"SFT checkpoint {args.sft_model_path!r} does not exist; run the sft stage first.")
+
+
+def load_policy(path: str, model_args):
+    """The SFT student to train: a full model, or a LoRA adapter on its base (kept trainable)."""
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True), None
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": model_args.dtype or "auto"}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, lora_config(model_args, model)
+
+
+def main(script_args: GRPOScriptArguments, training_args, model_args):
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    check_settings(script_args, training_args, PartialState().num_processes)
+    rows = read_rows(script_args.problems_path, "GRPO problems")
+    require_columns(rows, ["question", "answer"], f"GRPO problems {script_args.problems_path!r}")
+    rows = rows[: script_args.num_problems] if script_args.num_problems else rows
+    tokenizer = load_tokenizer(script_args.sft_model_path)
+    reward_funcs = build_rewards(script_args, tokenizer)
+    dataset = Dataset.from_list(budgeted_prompts(rows, script_args, training_args.seed))
+    model, peft_config = load_policy(script_args.sft_model_path, model_args)
+    configure_tracking(training_args)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def make_parser():
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    return TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    grpo_args, grpo_training_args, grpo_model_args = make_parser().parse_args_and_config()
+    main(grpo_args, grpo_training_args, grpo_model_args)

@@ -1,0 +1,105 @@
+"""Phase 1, stage `sft`: supervised fine-tuning of the student on budgeted examples, with TRL's `SFTTrainer`.
+
+Each example is a chat prompt (the question, then the budget directive of its mode) and a completion in DESIGN.md's
+format (`<budget>` first in `auto` mode, then the thought, then the answer); the loss is on the completion only.
+With `budgeted: false` the same stage trains on uncompressed traces without any directive: the full-CoT baseline.
+
+Run: `accelerate launch -m cotx_rl.sft --config recipes/tiny/sft.yaml` or `cotx-rl sft --config ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from cotx_rl.io import StageInputError, read_rows, require_columns
+from cotx_rl.student import (
+    EmbeddedStudentArguments,
+    chat_example,
+    configure_tracking,
+    load_student,
+    lora_config,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments:
+    """Every field is a recipe key of the `sft` stage (with TRL's `SFTConfig` and `ModelConfig` keys)."""
+
+    dataset_path: str = field(
+        metadata={"help": "Budgeted examples (the `compress` output), or kept traces when `budgeted: false`."}
+    )
+    budgeted: bool = field(
+        default=True, metadata={"help": "False: train on full traces with no budget directive (full-CoT baseline)."}
+    )
+    drop_long_examples: bool = field(
+        default=False,
+        metadata={"help": "Drop examples longer than `max_length` instead of stopping (they are never cut)."},
+    )
+
+
+def build_dataset(rows: list[dict], budgeted: bool):
+    from datasets import Dataset
+
+    columns = ["question", "reasoning"] + (["budget_mode", "budget_tokens"] if budgeted else [])
+    require_columns(rows, columns, "SFT dataset")
+    return Dataset.from_list([chat_example(row, budgeted) for row in rows])
+
+
+def check_lengths(dataset, tokenizer, max_length: int | None, drop: bool):
+    """Never let `max_length` cut an example: stop (or drop them, when asked) before training."""
+    if max_length is None:
+        return dataset
+
+    def length(example):
+        text = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
+        return {"num_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
+
+    measured = dataset.map(length, desc="measure lengths")
+    too_long = [n for n in measured["num_tokens"] if n > max_length]
+    if too_long and not drop:
+        raise StageInputError(
+            f"{len(too_long)} examples are longer than max_length={max_length} (longest {max(too_long)} tokens); "
+            "raise max_length or set drop_long_examples: true."
+        )
+    if too_long:
+        logger.warning("Dropping %d examples longer than max_length=%d.", len(too_long), max_length)
+        measured = measured.filter(lambda example: example["num_tokens"] <= max_length)
+    return measured.remove_columns("num_tokens")
+
+
+def main(script_args: SFTScriptArguments, training_args, model_args, embedded_args=None):
+    """Train and save the student (model and tokenizer, markers included) to `training_args.output_dir`."""
+    from trl import SFTTrainer
+
+    rows = read_rows(script_args.dataset_path, "SFT dataset")
+    model, tokenizer = load_student(model_args, embedded_args, seed=training_args.seed)
+    dataset = build_dataset(rows, script_args.budgeted).shuffle(seed=training_args.seed)
+    dataset = check_lengths(dataset, tokenizer, training_args.max_length, script_args.drop_long_examples)
+    configure_tracking(training_args)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args, model),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def make_parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig, EmbeddedStudentArguments))
+
+
+if __name__ == "__main__":
+    sft_args, sft_training_args, sft_model_args, sft_embedded_args = make_parser().parse_args_and_config()
+    main(sft_args, sft_training_args, sft_model_args, sft_embedded_args)

@@ -1,0 +1,79 @@
+"""Stage `verify`: keep the traces whose final answer is correct, and count the others by reason.
+
+A trace is dropped as `truncated` when the teacher hit its length limit, `no_answer` when no final answer can be read,
+`wrong_answer` when the answer differs from the gold, and `unreadable_gold` when the gold itself cannot be read.
+Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a brought-in file says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cotx_rl.budget import render_completion
+from cotx_rl.io import read_rows, require_columns, write_json, write_rows
+from rewards.correctness import correctness_reward, extract_final_answer
+
+logger = logging.getLogger(__name__)
+DROP_REASONS = ("truncated", "no_answer", "wrong_answer", "unreadable_gold")
+
+
+@dataclass
+class VerifyArguments:
+    """Every field is a recipe key of the `verify` stage."""
+
+    traces_path: str = field(metadata={"help": "Traces file written by the `traces` stage (or brought in)."})
+    output_path: str = field(metadata={"help": "Kept traces (.jsonl or .parquet)."})
+    stats_path: str | None = field(default=None, metadata={"help": "JSON file for kept and dropped counts."})
+
+
+def drop_reason(row: dict, score: float | None) -> str | None:
+    """Why a trace is dropped, or None to keep it."""
+    if row.get("finish_reason") == "length":
+        return "truncated"
+    if score is None:
+        return "unreadable_gold"
+    if score > 0:
+        return None
+    text = render_completion(row["reasoning"], row.get("response") or "")
+    return "no_answer" if extract_final_answer(text) is None else "wrong_answer"
+
+
+def verify_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
+    """Kept rows (with `teacher_correct` set) and the count of drops per reason."""
+    texts = [render_completion(row["reasoning"], row.get("response") or "") for row in rows]
+    scores = correctness_reward(texts, [row["answer"] for row in rows])
+    kept, drops = [], Counter()
+    for row, score in zip(rows, scores):
+        reason = drop_reason(row, score)
+        if reason is None:
+            kept.append({**row, "teacher_correct": True})
+        else:
+            drops[reason] += 1
+    return kept, drops
+
+
+def main(args: VerifyArguments) -> dict:
+    rows = read_rows(args.traces_path, "Traces file")
+    require_columns(rows, ["id", "question", "answer", "reasoning"], f"Traces file {args.traces_path!r}")
+    kept, drops = verify_rows(rows)
+    stats = {"total": len(rows), "kept": len(kept), "dropped": {reason: drops[reason] for reason in DROP_REASONS}}
+    if not kept:
+        raise ValueError(f"No trace in {args.traces_path!r} passed verification: {stats['dropped']}.")
+    write_rows(args.output_path, kept)
+    if args.stats_path:
+        write_json(args.stats_path, stats)
+    logger.info("Verified %d traces: kept %d, dropped %s", len(rows), len(kept), dict(drops))
+    return stats
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((VerifyArguments,))
+
+
+if __name__ == "__main__":
+    (verify_args,) = make_parser().parse_args_and_config()
+    main(verify_args)
