@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from cotx_rl.io import StageInputError
+
 STAGES = {
     "problems": "Load problems from a file or dataset, or make the embedded domain's problems.",
     "traces": "Have a teacher write reasoning traces for problems (resumable).",
@@ -32,7 +34,10 @@ def usage() -> str:
 def run_stage(stage: str, argv: list[str]):
     """Parse a stage's recipe and flags, then run its `main`."""
     module = importlib.import_module(f"cotx_rl.{stage}")
-    parsed = module.make_parser().parse_args_and_config(argv)
+    try:
+        parsed = module.make_parser().parse_args_and_config(argv)
+    except ValueError as error:  # a bad value in the recipe: the config classes (ours and TRL's) name it
+        raise StageInputError(f"bad recipe or flags: {error}") from error
     return module.main(*parsed)
 
 
@@ -46,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cotx-rl: unknown stage {stage!r}.\n\n{usage()}\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cotx_rl.io import StageInputError
-
     try:
         run_stage(stage, rest)
     except StageInputError as error:

@@ -16,18 +16,18 @@ of the chain must be carried by the kept steps). Failures are dropped and counte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import statistics
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from cotx_rl.budget import count_reasoning_tokens
 from cotx_rl.compressors import COMPRESSORS, Compressor, RewriteCompressor
-from cotx_rl.io import StageInputError, check_output_path, read_rows, require_columns, write_json, write_rows
+from cotx_rl.io import JSONDict, StageInputError, check_output_path, read_rows, require_columns, write_json, write_rows
 from cotx_rl.steps import leads_to_answer
 from cotx_rl.teachers.config import TeacherArguments
 
@@ -60,8 +60,8 @@ class CompressArguments:
             "that merges steps fits the smallest budget for any problem and would make every label the same."
         },
     )
-    mode_proportions: dict[str, float] | str = field(
-        default_factory=lambda: {"exact": 0.4, "max": 0.35, "auto": 0.25},
+    mode_proportions: JSONDict = field(
+        default_factory=lambda: JSONDict({"exact": 0.4, "max": 0.35, "auto": 0.25}),
         metadata={"help": "Share of examples per mode (JSON on the command line); auto at most 1/len(budget_grid)."},
     )
     exact_tolerance: float = field(default=0.1, metadata={"help": "Exact examples lie within this share of N."})
@@ -69,11 +69,9 @@ class CompressArguments:
         default=0.15, metadata={"help": "Max examples use at most (1 - max_headroom) * N thinking tokens."}
     )
     rewrite_max_attempts: int = field(default=3, metadata={"help": "Rewrite tries per example before it is dropped."})
-    seed: int = field(default=0, metadata={"help": "Seed of the mode draws."})
+    mode_seed: int = field(default=0, metadata={"help": "Seed of the mode draws (the teacher has its own `seed`)."})
 
     def __post_init__(self):
-        if isinstance(self.mode_proportions, str):
-            self.mode_proportions = json.loads(self.mode_proportions)
         check_grid(self.budget_grid)
         for name in [*self.compressors, *self.auto_label_compressors]:
             if name not in COMPRESSORS:
@@ -173,7 +171,7 @@ def plan_modes(grid: list[int], proportions: dict[str, float], rng: random.Rando
 
 def compress_trace(row: dict, args: CompressArguments, worker: TraceCompressor, failures: Counter) -> list[dict]:
     """The budgeted examples of one trace."""
-    rng = random.Random(f"{args.seed}-{row['id']}")
+    rng = random.Random(f"{args.mode_seed}-{row['id']}")
     plan = plan_modes(args.budget_grid, args.mode_proportions, rng)
     base = {k: v for k, v in row.items() if k != "reasoning"}
     base["original_reasoning_tokens"] = count_reasoning_tokens(row["reasoning"], worker.tokenizer)
@@ -302,5 +300,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    compress_args, compress_teacher_args = make_parser().parse_args_and_config()
-    main(compress_args, compress_teacher_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["compress", *sys.argv[1:]]))

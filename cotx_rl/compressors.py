@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from cotx_rl.budget import count_reasoning_tokens
-from cotx_rl.steps import leads_to_answer, split_steps, step_facts, supporting_steps
+from cotx_rl.steps import leads_to_answer, split_paragraphs, step_facts, supporting_steps
 
 REFLECTION = re.compile(
     r"\b(wait|hmm|let me (?:re-?check|check|verify|double-check|redo|recap|go (?:over|through))|double-check\w*|"
     r"re-?check\w*|to be sure|actually|is that right|so far|once more|again|recap)\b",
     re.IGNORECASE,
 )
+INTERRUPTION_PENALTY = 0.5
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?|[-+*/=]")
 
 
@@ -114,50 +115,89 @@ class TruncateCompressor(Compressor):
 
 
 class PruneCompressor(Compressor):
-    """Drop the least important steps until the trace fits; add back the best dropped ones to reach `min_tokens`."""
+    """Drop the least important steps until the trace fits; add back the best dropped ones to reach `min_tokens`.
+
+    The units dropped or kept are sentences inside paragraphs that hold a step the conclusion rests on, and whole
+    paragraphs elsewhere: a digression (a re-verification pass, a reflection) is kept whole or not at all, so that a
+    kept digression never stops half-way and leaves a stray intermediate value right before the conclusion.
+    """
 
     name = "prune"
 
     def compress(self, row: dict, reasoning: str, max_tokens: int, min_tokens: int = 0) -> str | None:
-        steps = split_steps(reasoning)
+        paragraphs = split_paragraphs(reasoning)
+        steps = [step for paragraph in paragraphs for step in paragraph]
         support = supporting_steps(steps, row["answer"], row["question"])
         if support is None:  # the trace never reaches the answer: nothing to keep it to
             return None
-        scores = step_importance(steps, row["question"], support)
-        # Per-step counts plus the two newlines around the thought estimate the joined count; the exact count of
-        # the joined text has the last word.
-        lengths = [self.count(s) - 2 for s in steps]
-        estimate = lambda kept: 2 + sum(lengths[i] for i in kept)  # noqa: E731
-        kept = set(range(len(steps)))
-        droppable = [i for i in sorted(range(len(steps)), key=lambda i: (scores[i], -i)) if i not in support]
+        step_scores = step_importance(steps, row["question"], support)
+        units, digressions, support_paragraphs, first = [], set(), 0, 0
+        for paragraph in paragraphs:
+            indices = list(range(first, first + len(paragraph)))
+            first += len(paragraph)
+            if support & set(indices):
+                support_paragraphs += 1
+                units.extend([i] for i in indices)
+            else:
+                digressions.add(len(units))
+                units.append(indices)
+        # An aside inside the derivation (a check between two steps) costs the student more than a digression of its
+        # own: it has to find its place in the chain again. Asides go first.
+        scores = [
+            _mean(step_scores, unit) - INTERRUPTION_PENALTY * (u not in digressions) for u, unit in enumerate(units)
+        ]
+        # Estimated thinking tokens: the two newlines around the thought, two more per paragraph break, and each
+        # unit's own tokens (a digression brings its paragraph break); the exact count of the joined text decides.
+        lengths = [
+            self.count(" ".join(steps[i] for i in unit)) - 2 + 2 * (u in digressions) for u, unit in enumerate(units)
+        ]
+        base = 2 * support_paragraphs
+
+        def estimate(kept) -> int:
+            return base + sum(lengths[u] for u in kept)
+
+        everything = set(range(len(units)))
+        kept = set(everything)
+        droppable = [u for u in sorted(everything, key=lambda u: (scores[u], -u)) if scores[u] != float("inf")]
         dropped: list[int] = []
-        for i in droppable:
+        for u in droppable:
             if estimate(kept) <= max_tokens:
                 break
-            kept.discard(i)
-            dropped.append(i)
-        for i in reversed(dropped):  # most important dropped steps first
+            kept.discard(u)
+            dropped.append(u)
+        for u in reversed(dropped):  # most important dropped units first
             if estimate(kept) >= min_tokens:
                 break
-            if estimate(kept | {i}) <= max_tokens:
-                kept.add(i)
+            if estimate(kept | {u}) <= max_tokens:
+                kept.add(u)
         if estimate(kept) < min_tokens:  # greedy overshot the window: search for a better set to drop
-            total = estimate(range(len(steps)))
+            total = estimate(everything)
             chosen = _cheapest_removal(droppable, lengths, scores, total - max_tokens, total - min_tokens)
             if chosen is not None:
-                kept = set(range(len(steps))) - chosen
-        text = self._join(steps, kept)
+                kept = everything - chosen
+        text = self._join(paragraphs, units, kept)
         while self.count(text) > max_tokens:
-            removable = [i for i in droppable if i in kept]
+            removable = [u for u in droppable if u in kept]
             if not removable:
                 return None
             kept.discard(removable[0])
-            text = self._join(steps, kept)
+            text = self._join(paragraphs, units, kept)
         return text
 
     @staticmethod
-    def _join(steps: list[str], kept: set[int]) -> str:
-        return " ".join(steps[i] for i in sorted(kept))
+    def _join(paragraphs: list[list[str]], units: list[list[int]], kept: set[int]) -> str:
+        keep = {i for u in kept for i in units[u]}
+        out, first = [], 0
+        for paragraph in paragraphs:
+            sentences = [s for offset, s in enumerate(paragraph) if first + offset in keep]
+            first += len(paragraph)
+            if sentences:
+                out.append(" ".join(sentences))
+        return "\n\n".join(out)
+
+
+def _mean(scores: list[float], indices: list[int]) -> float:
+    return sum(scores[i] for i in indices) / len(indices)
 
 
 class RewriteCompressor(Compressor):

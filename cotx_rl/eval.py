@@ -12,16 +12,16 @@ difficulty in `auto` mode. All are also logged to W&B when `report_to: wandb`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cotx_rl.budget import THINK_END, THINK_START, count_thinking_tokens, parse_completion, render_prompt
 from cotx_rl.compress import check_grid
-from cotx_rl.io import StageInputError, read_rows, require_columns, write_json
+from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns, write_json
 from cotx_rl.metrics import Outcome, auto_summary, budget_summary, plain_summary
 from cotx_rl.student import check_model_source, load_tokenizer
 from rewards.correctness import correctness_reward
@@ -36,8 +36,8 @@ class EvalArguments:
 
     test_path: str = field(metadata={"help": "Test problems (`id`, `question`, `answer`, optional `difficulty`)."})
     output_dir: str = field(metadata={"help": "Folder for report.json, report.md and the plots."})
-    models: dict[str, str] | str = field(
-        default_factory=dict,
+    models: JSONDict = field(
+        default_factory=JSONDict,
         metadata={
             "help": "Model name -> path (JSON on the command line). `full_cot` is the uncompressed-trace student; "
             "every other name is a budget student evaluated in every mode."
@@ -56,33 +56,43 @@ class EvalArguments:
     limit: int | None = field(default=None, metadata={"help": "Evaluate the first N test problems only."})
     batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    engine: str = field(
+        default="auto",
+        metadata={"help": "`auto` (vLLM when installed with a GPU, else transformers), `vllm` or `transformers`."},
+    )
+    device: str = field(default="auto", metadata={"help": "`auto` (a GPU when there is one), `cpu`, `cuda`, ..."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype for evaluation (auto, bfloat16, float32)."})
     report_to: str = field(default="none", metadata={"help": "`wandb` to log the report and plots, or `none`."})
     wandb_project: str = field(default="cotx-rl", metadata={"help": "W&B project of the eval run."})
     run_name: str | None = field(default=None, metadata={"help": "W&B run name (default: the output folder name)."})
 
     def __post_init__(self):
-        if isinstance(self.models, str):
-            self.models = json.loads(self.models)
         check_grid(self.budget_grid)
         unknown = set(self.modes) - {"exact", "max", "auto", "unbudgeted"}
         if unknown:
             raise StageInputError(f"Unknown eval modes {sorted(unknown)}; choose from exact, max, auto, unbudgeted.")
+        if self.engine not in ("auto", "vllm", "transformers"):
+            raise StageInputError(f"Unknown engine {self.engine!r}; choose auto, vllm or transformers.")
         if not self.models:
             raise StageInputError("eval needs at least one model in `models` (name -> path).")
 
 
-def load_eval_model(path: str):
+def load_eval_model(path: str, device: str = "auto", dtype: str = "auto"):
     """`(model, tokenizer)` from a full model folder or a LoRA adapter folder (merged onto its base)."""
+    import torch
+
     check_model_source(path, "model path")
     if (Path(path) / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path)
-    return model.eval(), load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), load_tokenizer(path)
 
 
 def thinking_tokens_used(text: str, ids: list[int], tokenizer) -> int:
@@ -110,42 +120,72 @@ def score_completions(rows, texts, ids, tokenizer, budget_tokens: int | None, mo
     return outcomes
 
 
-def evaluate_budget_student(model, tokenizer, rows, args: EvalArguments, name: str) -> dict:
-    from cotx_rl.generation import generate
+class Student:
+    """One model under evaluation: its tokenizer and a greedy `complete(user_texts, close_thought_at, desc)`."""
 
+    def __init__(self, path: str, args: EvalArguments):
+        self.args = args
+        if use_vllm(args.engine):
+            from cotx_rl.generation import VLLMGenerator
+
+            self.tokenizer = load_tokenizer(path)
+            self.vllm = VLLMGenerator(merged_model_path(path, args.output_dir), dtype=args.dtype)
+        else:
+            self.model, self.tokenizer = load_eval_model(path, args.device, args.dtype)
+            self.vllm = None
+
+    def complete(self, user_texts: list[str], close_thought_at: int | None = None, desc: str = "generate"):
+        if self.vllm is not None:
+            return self.vllm.generate(self.tokenizer, user_texts, self.args.max_new_tokens, close_thought_at)
+        from cotx_rl.generation import generate
+
+        return generate(
+            self.model, self.tokenizer, user_texts, self.args.max_new_tokens, self.args.batch_size,
+            close_thought_at=close_thought_at, desc=desc,
+        )  # fmt: skip
+
+    def outcomes(self, rows, mode: str | None, budget: int | None, close_thought_at: int | None = None, desc=""):
+        prompts = [render_prompt(row["question"], mode, budget if mode != "auto" else None) for row in rows]
+        texts, ids = self.complete(prompts, close_thought_at, desc)
+        return score_completions(rows, texts, ids, self.tokenizer, budget, mode)
+
+
+def use_vllm(engine: str) -> bool:
+    from cotx_rl.generation import vllm_usable
+
+    if engine == "vllm" and not vllm_usable():
+        raise StageInputError("engine: vllm needs vLLM installed and a GPU; use engine: transformers here.")
+    return engine == "vllm" or (engine == "auto" and vllm_usable())
+
+
+def merged_model_path(path: str, output_dir: str) -> str:
+    """vLLM loads full models: a LoRA adapter is merged onto its base and saved next to the report first."""
+    if not (Path(path) / "adapter_config.json").exists():
+        return path
+    model, tokenizer = load_eval_model(path, "cpu")
+    merged = Path(output_dir) / "merged" / Path(path).name
+    model.save_pretrained(merged)
+    tokenizer.save_pretrained(merged)
+    return str(merged)
+
+
+def evaluate_budget_student(student: Student, rows, args: EvalArguments, name: str) -> dict:
     result = {}
-    questions = [row["question"] for row in rows]
     for mode in ("exact", "max"):
-        if mode not in args.modes:
-            continue
-        result[mode] = {}
-        for budget in args.budget_grid:
-            prompts = [render_prompt(q, mode, budget) for q in questions]
-            texts, ids = generate(
-                model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} {mode} {budget}"
-            )
-            result[mode][str(budget)] = budget_summary(score_completions(rows, texts, ids, tokenizer, budget, mode))
+        if mode in args.modes:
+            result[mode] = {
+                str(budget): budget_summary(student.outcomes(rows, mode, budget, desc=f"{name} {mode} {budget}"))
+                for budget in args.budget_grid
+            }
     if "auto" in args.modes:
-        prompts = [render_prompt(q, "auto") for q in questions]
-        texts, ids = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} auto")
-        result["auto"] = auto_summary(score_completions(rows, texts, ids, tokenizer, None, "auto"))
+        result["auto"] = auto_summary(student.outcomes(rows, "auto", None, desc=f"{name} auto"))
     if "unbudgeted" in args.modes:
-        result["unbudgeted"] = evaluate_unbudgeted(model, tokenizer, rows, args, name)
+        result["unbudgeted"] = evaluate_unbudgeted(student, rows, name)
     return result
 
 
-def evaluate_unbudgeted(model, tokenizer, rows, args: EvalArguments, name: str) -> dict:
-    from cotx_rl.generation import generate
-
-    texts, ids = generate(
-        model,
-        tokenizer,
-        [r["question"] for r in rows],
-        args.max_new_tokens,
-        args.batch_size,
-        desc=f"{name} unbudgeted",
-    )
-    outcomes = score_completions(rows, texts, ids, tokenizer, None, None)
+def evaluate_unbudgeted(student: Student, rows, name: str) -> dict:
+    outcomes = student.outcomes(rows, None, None, desc=f"{name} unbudgeted")
     summary = plain_summary(outcomes)
     summary["by_difficulty"] = {
         k: {"accuracy": v["accuracy"], "mean_thinking_tokens": v["mean_thinking_tokens"]}
@@ -154,36 +194,29 @@ def evaluate_unbudgeted(model, tokenizer, rows, args: EvalArguments, name: str) 
     return summary
 
 
-def evaluate_truncation(model, tokenizer, rows, args: EvalArguments) -> dict:
+def evaluate_truncation(student: Student, rows, args: EvalArguments) -> dict:
     """The student's thought cut at N tokens and closed; reported under `exact` and `max` (same completions)."""
-    from cotx_rl.generation import generate
-
-    exact, maximum = {}, {}
+    exact = {}
     for budget in args.budget_grid:
-        texts, ids = generate(
-            model, tokenizer, [r["question"] for r in rows], args.max_new_tokens, args.batch_size,
-            close_thought_at=budget, desc=f"truncation {budget}",
-        )  # fmt: skip
-        outcomes = score_completions(rows, texts, ids, tokenizer, budget, "exact")
-        exact[str(budget)] = maximum[str(budget)] = budget_summary(outcomes)
-    return {"exact": exact, "max": maximum}
+        outcomes = student.outcomes(rows, None, budget, close_thought_at=budget, desc=f"truncation {budget}")
+        exact[str(budget)] = budget_summary(outcomes)
+    return {"exact": exact, "max": dict(exact)}
 
 
 def run_evaluations(args: EvalArguments, rows: list[dict]) -> dict:
     report: dict[str, Any] = {}
     truncation_path = args.truncation_model or args.models.get("full_cot")
     for name, path in args.models.items():
-        model, tokenizer = load_eval_model(path)
+        student = Student(path, args)
         if name == "full_cot":
-            report[name] = {"unbudgeted": evaluate_unbudgeted(model, tokenizer, rows, args, name)}
+            report[name] = {"unbudgeted": evaluate_unbudgeted(student, rows, name)}
         else:
-            report[name] = evaluate_budget_student(model, tokenizer, rows, args, name)
+            report[name] = evaluate_budget_student(student, rows, args, name)
         if path == truncation_path:
-            report["truncation"] = evaluate_truncation(model, tokenizer, rows, args)
-        del model
+            report["truncation"] = evaluate_truncation(student, rows, args)
+        del student
     if truncation_path and "truncation" not in report:
-        model, tokenizer = load_eval_model(truncation_path)
-        report["truncation"] = evaluate_truncation(model, tokenizer, rows, args)
+        report["truncation"] = evaluate_truncation(Student(truncation_path, args), rows, args)
     return report
 
 
@@ -274,5 +307,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    (eval_args,) = make_parser().parse_args_and_config()
-    main(eval_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["eval", *sys.argv[1:]]))

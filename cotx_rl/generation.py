@@ -1,6 +1,6 @@
 """Batched greedy generation for evaluation, with the thought force-closed at a budget for the truncation baseline.
 
-Transformers' `generate` is the engine here (vLLM, when installed, is used by `cotx_rl.eval` for plain prompts).
+Transformers' `generate` is the engine (batched, left-padded, greedy), on whatever device the model is on.
 """
 
 from __future__ import annotations
@@ -99,3 +99,59 @@ def generate(
                 texts[index] = tokenizer.decode(completion, skip_special_tokens=True)
             progress.update(len(batch))
     return texts, ids
+
+
+def vllm_usable() -> bool:
+    """vLLM is installed and a GPU is there to run it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMGenerator:
+    """Greedy generation with a vLLM engine (GPU machines), same contract as [`generate`].
+
+    The truncation baseline runs in two passes: the thought is generated up to `close_thought_at` tokens (stopping at
+    `</think>`), closed when it is still open, and the answer generated after it.
+    """
+
+    def __init__(self, model_path: str, dtype: str = "auto", **engine_kwargs: Any):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, **engine_kwargs)
+
+    def generate(
+        self, tokenizer: Any, user_texts: list[str], max_new_tokens: int, close_thought_at: int | None = None
+    ) -> tuple[list[str], list[list[int]]]:
+        from vllm import SamplingParams
+
+        prompts = chat_prompts(tokenizer, user_texts)
+        if close_thought_at is None:
+            outputs = self.llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+            return [o.outputs[0].text for o in outputs], [list(o.outputs[0].token_ids) for o in outputs]
+        # +1: the <think> token itself comes before the thinking tokens.
+        thought = SamplingParams(
+            temperature=0.0, max_tokens=close_thought_at + 1, stop=[THINK_END], include_stop_str_in_output=True
+        )
+        first = self.llm.generate(prompts, thought)
+        heads, head_ids = [], []
+        for output in first:
+            text, ids = output.outputs[0].text, list(output.outputs[0].token_ids)
+            if THINK_END not in text:
+                closing = f"\n{THINK_END}\n" if not text.endswith("\n") else f"{THINK_END}\n"
+                text += closing
+                ids += tokenizer(closing, add_special_tokens=False)["input_ids"]
+            heads.append(text)
+            head_ids.append(ids)
+        rest = [max(1, max_new_tokens - len(ids)) for ids in head_ids]
+        second = self.llm.generate(
+            [prompt + head for prompt, head in zip(prompts, heads)],
+            [SamplingParams(temperature=0.0, max_tokens=n) for n in rest],
+        )
+        texts = [head + o.outputs[0].text for head, o in zip(heads, second)]
+        ids = [h + list(o.outputs[0].token_ids) for h, o in zip(head_ids, second)]
+        return texts, ids

@@ -10,17 +10,17 @@ Run: `accelerate launch -m cotx_rl.grpo --config recipes/tiny/grpo.yaml` or `cot
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rewards
 from cotx_rl.budget import BUDGET_MODES, render_prompt
 from cotx_rl.compress import check_grid
-from cotx_rl.io import StageInputError, read_rows, require_columns
-from cotx_rl.student import configure_tracking, load_tokenizer, lora_config
+from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns
+from cotx_rl.student import configure_tracking, load_tokenizer, lora_config, resume_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +36,16 @@ class GRPOScriptArguments:
     budget_grid: list[int] = field(
         default_factory=lambda: [24, 48, 72, 96], metadata={"help": "Budgets drawn for exact and max prompts."}
     )
-    mode_proportions: dict[str, float] | str = field(
-        default_factory=lambda: {"exact": 0.4, "max": 0.3, "auto": 0.3},
+    mode_proportions: JSONDict = field(
+        default_factory=lambda: JSONDict({"exact": 0.4, "max": 0.3, "auto": 0.3}),
         metadata={"help": "Share of prompts per mode (JSON on the command line)."},
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["composite_reward"],
         metadata={"help": "Reward names from the registry or dotted import paths (`my_pkg.my_module.my_reward`)."},
     )
-    reward_kwargs: dict[str, dict] | str = field(
-        default_factory=dict,
+    reward_kwargs: JSONDict = field(
+        default_factory=JSONDict,
         metadata={"help": "Per-reward constructor parameters: {reward name: {param: value}} (JSON on the CLI)."},
     )
     answer_tokens: int = field(
@@ -57,9 +57,6 @@ class GRPOScriptArguments:
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems only."})
 
     def __post_init__(self):
-        for name in ("mode_proportions", "reward_kwargs"):
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, json.loads(getattr(self, name)))
         check_grid(self.budget_grid)
         unknown = set(self.mode_proportions) - set(BUDGET_MODES)
         if unknown or not sum(self.mode_proportions.values()):
@@ -170,7 +167,7 @@ def main(script_args: GRPOScriptArguments, training_args, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
@@ -185,5 +182,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    grpo_args, grpo_training_args, grpo_model_args = make_parser().parse_args_and_config()
-    main(grpo_args, grpo_training_args, grpo_model_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["grpo", *sys.argv[1:]]))

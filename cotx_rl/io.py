@@ -19,6 +19,18 @@ class StageInputError(ValueError):
     """Bad input to a stage, found before any work was done."""
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id such as `Qwen/Qwen3-8B`.
+
+    Explicit paths (`/`, `./`, `../`, `~`) count, and so does a relative path whose first folder exists here
+    (`outputs/sft` next to an `outputs/` folder): hub ids rarely collide with a folder in the working directory.
+    """
+    if name in (".", "..") or name.startswith(("/", "./", "../", "~")):
+        return True
+    parts = Path(name).parts
+    return len(parts) > 1 and Path(parts[0]).exists()
+
+
 def require_file(path: str | os.PathLike, what: str) -> Path:
     """The path of an existing, readable, non-empty data file, or a `StageInputError` naming it."""
     path = Path(path)
@@ -128,3 +140,20 @@ def repair_jsonl_tail(path: str | os.PathLike) -> None:
         return
     with path.open("r+b") as handle:
         handle.truncate(data.rfind(b"\n") + 1)
+
+
+class JSONDict(dict):
+    """A mapping recipe key: a mapping in YAML, a JSON object on the command line (`--models '{"sft": "out"}'`).
+
+    TRL's argument parser calls a field's type on its command-line string, so the type itself parses JSON.
+    """
+
+    def __init__(self, value: Any = None):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise StageInputError(f"Expected a JSON object, got {value!r}: {error}") from error
+            if not isinstance(value, dict):
+                raise StageInputError(f"Expected a JSON object, got {value!r}.")
+        super().__init__(value or {})

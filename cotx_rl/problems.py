@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cotx_rl import arithmetic
@@ -83,8 +84,10 @@ class ProblemsArguments:
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise StageInputError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+            defaults = {f.name: f.default for f in fields(self)}
             for key, value in PRESETS[self.preset].items():
-                setattr(self, key, value)
+                if getattr(self, key) == defaults[key]:  # keys set in the recipe win over the preset
+                    setattr(self, key, value)
         if self.answer_format not in ANSWER_FORMATS:
             raise StageInputError(
                 f"Unknown answer_format {self.answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}."
@@ -203,5 +206,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    (problems_args,) = make_parser().parse_args_and_config()
-    main(problems_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["problems", *sys.argv[1:]]))

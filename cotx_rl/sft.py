@@ -10,6 +10,7 @@ Run: `accelerate launch -m cotx_rl.sft --config recipes/tiny/sft.yaml` or `cotx-
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from cotx_rl.io import StageInputError, read_rows, require_columns
@@ -19,6 +20,7 @@ from cotx_rl.student import (
     configure_tracking,
     load_student,
     lora_config,
+    resume_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
         processing_class=tokenizer,
         peft_config=lora_config(model_args, model),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
@@ -101,5 +103,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    sft_args, sft_training_args, sft_model_args, sft_embedded_args = make_parser().parse_args_and_config()
-    main(sft_args, sft_training_args, sft_model_args, sft_embedded_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["sft", *sys.argv[1:]]))

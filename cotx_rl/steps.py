@@ -14,6 +14,7 @@ from fractions import Fraction
 
 from cotx_rl.arithmetic import chain_support, parse_question
 
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 # "lhs = rhs" where the lhs is an arithmetic expression and the rhs a number; `x` and `×` read as multiplication.
@@ -41,6 +42,12 @@ def split_steps(reasoning: str) -> list[str]:
         else:
             steps.append(sentence)
     return steps
+
+
+def split_paragraphs(reasoning: str) -> list[list[str]]:
+    """The steps of each paragraph (blocks separated by a blank line), in order."""
+    blocks = (block for block in _PARAGRAPH_BREAK.split(reasoning) if block.strip())
+    return [steps for steps in (split_steps(block) for block in blocks) if steps]
 
 
 def safe_arithmetic(expression: str) -> Fraction | None:

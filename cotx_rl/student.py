@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cotx_rl.budget import SPECIAL_MARKERS, render_completion, render_prompt
-from cotx_rl.io import StageInputError
+from cotx_rl.io import StageInputError, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
@@ -32,15 +32,11 @@ class EmbeddedStudentArguments:
     student_num_heads: int = field(default=4, metadata={"help": "Embedded student: attention heads."})
 
 
-def is_local_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.sep in name and Path(name).parent.exists()
-
-
 def check_model_source(name: str | None, what: str = "model_name_or_path") -> None:
     """Fail before any work when a local model path does not exist."""
     if not name:
         raise StageInputError(f"{what} is required (a model name, a local path, or `embedded`).")
-    if name != EMBEDDED and is_local_path(name) and not Path(name).expanduser().is_dir():
+    if name != EMBEDDED and looks_like_local_path(name) and not Path(name).expanduser().is_dir():
         raise StageInputError(f"{what} {name!r} does not exist (no such directory).")
 
 
@@ -149,3 +145,38 @@ def configure_tracking(training_args) -> None:
             "Set `report_to: none` to turn tracking off.",
             os.environ["WANDB_DIR"],
         )
+
+
+def resume_checkpoint(training_args) -> str | bool | None:
+    """What `Trainer.train(resume_from_checkpoint=...)` should get.
+
+    `resume_from_checkpoint: true` resumes from the last checkpoint in `output_dir` when there is one and starts
+    fresh when there is none, so a recipe (or a pipeline rerun after a crash) can always set it.
+    """
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if value is not True:
+        return value or None
+    last = last_complete_checkpoint(training_args.output_dir)
+    if last is None:
+        logger.info("No checkpoint in %s yet: starting from the beginning.", training_args.output_dir)
+    else:
+        logger.info("Resuming from %s.", last)
+    return last
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that has its `trainer_state.json`.
+
+    The Trainer writes that file last, so a run killed while saving leaves a folder without it; resuming from such a
+    folder fails, so it is skipped (with a warning) in favour of the one before.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    for partial in sorted(set(found) - set(complete)):
+        logger.warning("Skipping %s: a run stopped while writing it (no trainer_state.json).", partial)
+    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")))) if complete else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -170,5 +171,6 @@ def main(script_args: TracesArguments, teacher_args: TeacherArguments) -> dict:
 
 
 if __name__ == "__main__":
-    parsed = make_parser().parse_args_and_config()
-    main(*parsed)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["traces", *sys.argv[1:]]))

@@ -8,6 +8,7 @@ Correctness is decided here with `rewards.correctness_reward`, whatever `teacher
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -75,5 +76,6 @@ def make_parser():
 
 
 if __name__ == "__main__":
-    (verify_args,) = make_parser().parse_args_and_config()
-    main(verify_args)
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["verify", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ from typing import Any
 from cotx_rl.metrics import log_budget_metrics
 from rewards._completions import broadcast, completion_texts
 from rewards.budget_fidelity import TokenizerHolder, fidelity_score, measure_budgets
-from rewards.correctness import CorrectnessReward
+from rewards.correctness import CorrectnessReward, correctness_reward
 from rewards.format import format_reward
 
 
@@ -46,7 +46,9 @@ class CompositeReward(TokenizerHolder):
             raise ValueError(f"efficiency_max_tokens must be positive, got {efficiency_max_tokens}.")
         self.format_weight, self.efficiency_weight = float(format_weight), float(efficiency_weight)
         self.efficiency_max_tokens = int(efficiency_max_tokens)
-        self.correctness = CorrectnessReward(timeout_seconds=timeout_seconds)
+        # The default settings share the module's correctness reward, and with it its worker pool.
+        default = correctness_reward.timeout_seconds == timeout_seconds
+        self.correctness = correctness_reward if default else CorrectnessReward(timeout_seconds=timeout_seconds)
 
     def __call__(
         self,

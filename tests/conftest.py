@@ -146,3 +146,25 @@ def chat_server():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_training_data(tmp_path_factory) -> Path:
+    """A folder with `problems.jsonl` (40 embedded problems) and `examples.jsonl` (their compressed traces)."""
+    from cotx_rl import compress
+    from cotx_rl.arithmetic import make_problems
+    from cotx_rl.compress import CompressArguments
+    from cotx_rl.io import write_rows
+    from cotx_rl.teachers.procedural import ProceduralTeacher
+
+    folder = tmp_path_factory.mktemp("training_data")
+    rows = make_problems(40, "train", seed=1)
+    outputs = ProceduralTeacher(min_words=70).generate(rows)
+    write_rows(
+        folder / "kept.jsonl", [{**r, "reasoning": o.reasoning, "response": o.response} for r, o in zip(rows, outputs)]
+    )
+    write_rows(folder / "problems.jsonl", rows)
+    compress.main(
+        CompressArguments(traces_path=str(folder / "kept.jsonl"), output_path=str(folder / "examples.jsonl"))
+    )
+    return folder

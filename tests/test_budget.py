@@ -53,11 +53,11 @@ def test_malformed_completions(text):
 
 def test_count_uses_ids_when_markers_are_tokens(tiny_tokenizer):
     text = render_completion("First, 14 - 6 = 8.", "\\boxed{8}", "exact")
-    # "\n First , 14 - 6 = 8 . \n": the newlines around the reasoning count as thinking tokens.
-    assert count_thinking_tokens(text, tiny_tokenizer) == 10
+    # "\n First , 1 4 - 6 = 8 . \n" (numbers are split into digits): the newlines count as thinking tokens too.
+    assert count_thinking_tokens(text, tiny_tokenizer) == 11
     ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert count_thinking_tokens(None, tiny_tokenizer, completion_ids=ids) == 10
-    assert count_reasoning_tokens("First, 14 - 6 = 8.", tiny_tokenizer) == 10
+    assert count_thinking_tokens(None, tiny_tokenizer, completion_ids=ids) == 11
+    assert count_reasoning_tokens("First, 14 - 6 = 8.", tiny_tokenizer) == 11
     assert count_thinking_tokens("no thought here", tiny_tokenizer) is None
 
 

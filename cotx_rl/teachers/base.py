@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cotx_rl.budget import THINK_END, THINK_START
-from cotx_rl.io import StageInputError
+from cotx_rl.io import StageInputError, looks_like_local_path
 
 REWRITE_INSTRUCTION = (
     "Rewrite the reasoning below so that it is at most {budget_tokens} tokens long. Keep every step that the final "
@@ -37,18 +37,6 @@ def split_thinking(text: str) -> tuple[str, str]:
         reasoning = reasoning.split(THINK_START, 1)[-1]
         return reasoning.strip(), response.strip()
     return text.split(THINK_START, 1)[-1].strip(), ""
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether a model name is meant as a local path rather than a hub id such as `Qwen/Qwen3-8B`.
-
-    Explicit paths (`/`, `./`, `../`, `~`) count, and so does a relative path whose first folder exists here
-    (`outputs/sft` next to an `outputs/` folder): hub ids rarely collide with a folder in the working directory.
-    """
-    if name in (".", "..") or name.startswith(("/", "./", "../", "~")):
-        return True
-    parts = Path(name).parts
-    return len(parts) > 1 and Path(parts[0]).exists()
 
 
 def check_model_path(model: str | None, backend: str) -> None:

@@ -30,10 +30,11 @@ PLANS = (
 )
 START = ("We start at {a}.", "The starting value is {a}.")
 CONNECTORS = ("First,", "Next,", "Then", "Now", "After that,", "So", "Moving on,")
+# Checks restate a step without writing it as an equation: a tiny student tells a step from a check by the `=`.
 CHECKS = (
-    "Let me check: {c} {inv} {b} = {a}. Yes.",
+    "Let me check: {c} {inv} {b} gives back {a}. Yes.",
     "Wait, let me re-check that. {a} {op} {b} is {c}. Right.",
-    "Hmm, is that right? {a} {op} {b} = {c}, yes.",
+    "Hmm, is that right? {a} {op} {b} makes {c}, yes.",
     "So we have {c} now.",
     "Double-checking: {a} {op} {b} gives {c}. Good.",
 )
@@ -54,38 +55,41 @@ def _inverse(sign: str) -> str:
 
 
 def _write_trace(problem: ChainProblem, rng: random.Random, min_words: int, wrong_turn_rate: float) -> str:
+    """Paragraphs, as R1 writes them: the setup, the derivation, re-verification passes, the conclusion."""
     expr, values, answer = problem.expression(), problem.values(), problem.answer
-    sentences = [rng.choice(INTROS).format(expr=expr)]
+    setup = [rng.choice(INTROS).format(expr=expr)]
     if rng.random() < 0.7:
-        sentences.append(rng.choice(PLANS).format(k=problem.steps))
-    sentences.append(rng.choice(START).format(a=problem.start))
-    value = problem.start
+        setup.append(rng.choice(PLANS).format(k=problem.steps))
+    setup.append(rng.choice(START).format(a=problem.start))
+    derivation, value = [], problem.start
     for index, (sign, operand) in enumerate(problem.ops):
         result = values[index]
         conn = CONNECTORS[0] if index == 0 else rng.choice(CONNECTORS[1:])
         fields = {"a": value, "op": sign, "b": operand, "c": result, "inv": _inverse(sign), "conn": conn}
         if rng.random() < wrong_turn_rate:
             fields["wrong"] = result + rng.choice((-2, -1, 1, 2, 10, -10))
-            sentences.extend(s.format(**fields) for s in WRONG_TURN)
+            derivation.extend(s.format(**fields) for s in WRONG_TURN)
         else:
-            sentences.append("{conn} {a} {op} {b} = {c}.".format(**fields))
+            derivation.append("{conn} {a} {op} {b} = {c}.".format(**fields))
         for check in rng.sample(CHECKS, rng.choice((0, 1, 1, 2))):
-            sentences.append(check.format(**fields))
+            derivation.append(check.format(**fields))
         if index + 1 < problem.steps and index >= 1 and rng.random() < 0.25:
-            sentences.append(rng.choice(RECAPS).format(values=", ".join(map(str, values[: index + 1]))))
+            derivation.append(rng.choice(RECAPS).format(values=", ".join(map(str, values[: index + 1]))))
         value = result
-    passes = 0
-    while passes == 0 or sum(len(s.split()) for s in sentences) < min_words:
-        sentences.append(rng.choice(VERIFY_INTROS))
-        value = problem.start
-        for (sign, operand), result in zip(problem.ops, values):
-            fields = {"a": value, "op": sign, "b": operand, "c": result, "inv": _inverse(sign)}
-            template = rng.choice(CHECKS[:3]) if rng.random() < 0.4 else "{a} {op} {b} = {c}."
-            sentences.append(template.format(**fields))
+    paragraphs = [setup, derivation]
+    words = sum(len(s.split()) for p in paragraphs for s in p)
+    while len(paragraphs) == 2 or words < min_words:
+        verification, value = [rng.choice(VERIFY_INTROS)], problem.start
+        for index, ((sign, operand), result) in enumerate(zip(problem.ops, values)):
+            conn = CONNECTORS[0] if index == 0 else rng.choice(CONNECTORS[1:])
+            fields = {"a": value, "op": sign, "b": operand, "c": result, "inv": _inverse(sign), "conn": conn}
+            template = rng.choice(CHECKS[1:3]) if rng.random() < 0.3 else "{conn} {a} {op} {b} = {c}."
+            verification.append(template.format(**fields))
             value = result
-        passes += 1
-    sentences.append(rng.choice(CONCLUSIONS).format(ans=answer))
-    return " ".join(sentences)
+        paragraphs.append(verification)
+        words += sum(len(s.split()) for s in verification)
+    paragraphs.append([rng.choice(CONCLUSIONS).format(ans=answer)])
+    return "\n\n".join(" ".join(p) for p in paragraphs)
 
 
 def write_chain(problem: ChainProblem, chunks: int, conclude: bool = True) -> str:

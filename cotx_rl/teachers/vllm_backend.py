@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cotx_rl.io import StageInputError
+from cotx_rl.io import StageInputError, looks_like_local_path
 from cotx_rl.teachers.base import (
     Teacher,
     TeacherOutput,
     check_model_path,
     check_sampling,
-    looks_like_local_path,
     split_thinking,
 )
 

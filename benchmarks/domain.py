@@ -1,0 +1,80 @@
+"""Does reasoning length matter in the embedded domain? Accuracy by difficulty, with and without reasoning.
+
+Two students of the same size on the same problems:
+
+- the budget student of a finished tiny pipeline run (`outputs/tiny/sft`, trained by `recipes/tiny/sft.yaml`),
+  asked for its full reasoning (`max` mode at the largest budget);
+- an answer-only student trained here on the same kept traces with the thought emptied: it must answer at once.
+
+Prints accuracy per difficulty level for both, the budget student's training time (from the run's `timings.json`)
+and the answer-only student's. Run after `cotx-rl pipeline --config recipes/tiny/pipeline.yaml`:
+
+    python benchmarks/domain.py --run_dir outputs/tiny
+"""
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from cotx_rl import sft
+from cotx_rl.budget import render_prompt
+from cotx_rl.eval import EvalArguments, Student
+from cotx_rl.io import read_rows, write_rows
+
+
+def accuracy_by_level(student: Student, rows: list[dict], mode, budget) -> dict:
+    outcomes = student.outcomes(rows, mode, budget, desc=f"{mode} {budget}")
+    levels = defaultdict(list)
+    for row, outcome in zip(rows, outcomes):
+        levels[row["difficulty"]].append(outcome.correct)
+    return {level: 100 * sum(v) / len(v) for level, v in sorted(levels.items())}
+
+
+def train_answer_only(run_dir: Path, epochs: int) -> tuple[Path, float]:
+    kept = read_rows(run_dir / "kept_traces.jsonl")
+    data = run_dir / "benchmark" / "answer_only.jsonl"
+    write_rows(data, [{**row, "reasoning": ""} for row in kept])
+    output = run_dir / "benchmark" / "answer_only"
+    argv = [
+        "--config", "recipes/tiny/full_cot.yaml", "--dataset_path", str(data), "--output_dir", str(output),
+        "--num_train_epochs", str(epochs), "--max_length", "64", "--report_to", "none", "--save_strategy", "no",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    sft.main(*sft.make_parser().parse_args_and_config(argv))
+    return output, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", default="outputs/tiny", help="A finished tiny pipeline run.")
+    parser.add_argument("--answer_only_epochs", type=int, default=6)
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    rows = read_rows(run_dir / "problems" / "test.jsonl")
+    grid = json.loads((run_dir / "compress_stats.json").read_text())["budget_grid"]
+    settings = EvalArguments(
+        test_path="-", output_dir=str(run_dir / "benchmark"), models={"sft": "-"}, max_new_tokens=160
+    )
+
+    budget_student = Student(str(run_dir / "sft"), settings)
+    with_reasoning = accuracy_by_level(budget_student, rows, "max", max(grid))
+    answer_only_path, answer_only_seconds = train_answer_only(run_dir, args.answer_only_epochs)
+    without = accuracy_by_level(Student(str(answer_only_path), settings), rows, None, None)
+    timings = json.loads((run_dir / "timings.json").read_text())
+
+    print(
+        f"embedded domain, {len(rows)} test problems, greedy; prompt example: {render_prompt(rows[0]['question'], 'max', max(grid))!r}"
+    )
+    print(f"{'difficulty (steps)':<20}" + "".join(f"{level:>8}" for level in with_reasoning) + f"{'all':>8}")
+    for name, scores in ((f"reasoning (max {max(grid)})", with_reasoning), ("answer only", without)):
+        overall = sum(scores.values()) / len(scores)
+        print(f"{name:<20}" + "".join(f"{v:>7.1f}%" for v in scores.values()) + f"{overall:>7.1f}%")
+    print(
+        f"budget student SFT: {timings.get('sft', float('nan')):.0f} s; answer-only student: {answer_only_seconds:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Stage `pipeline`: every stage from one recipe, in order, skipping the stages already done.
+
+The recipe lists the stages, each with its own stage recipe (so every stage also runs alone):
+
+```yaml
+output_dir: outputs/tiny
+stages:
+  - {id: problems, stage: problems, config: recipes/tiny/problems.yaml}
+  - {id: full_cot, stage: sft, config: recipes/tiny/full_cot.yaml, args: ["--num_train_epochs", "1"]}
+```
+
+A stage is done once it has finished: the pipeline then writes `<output_dir>/.done/<id>`. A rerun after a crash
+continues at the first stage not done (a training stage killed mid-way resumes from its last checkpoint when its
+recipe sets `resume_from_checkpoint`). `force: true` (or `--force true`) runs everything again; `from_stage: <id>`
+runs that stage and all after it again; `until: <id>` stops after that stage.
+
+Stages run in this process by default (`launcher: python`), or as `accelerate launch` subprocesses
+(`launcher: accelerate`, with `accelerate_config`) for multi-GPU training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cotx_rl.cli import STAGES, run_stage
+from cotx_rl.io import StageInputError, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineArguments:
+    """Every field is a key of a pipeline recipe."""
+
+    output_dir: str = field(metadata={"help": "Root folder of the run; `.done/` markers and timings go here."})
+    stages: list[dict] = field(
+        default_factory=list,
+        metadata={
+            "help": "Ordered stages: {id, stage, config, args (extra flags, optional), launcher (python or "
+            "accelerate), accelerate_config (optional)}."
+        },
+    )
+    force: bool = field(default=False, metadata={"help": "Run every stage again, even those already done."})
+    from_stage: str | None = field(default=None, metadata={"help": "Run this stage id and all after it again."})
+    until: str | None = field(default=None, metadata={"help": "Stop after this stage id (default: run them all)."})
+
+    def __post_init__(self):
+        if not self.stages:
+            raise StageInputError("A pipeline recipe needs a non-empty `stages` list.")
+        ids = []
+        for index, spec in enumerate(self.stages):
+            missing = [k for k in ("id", "stage", "config") if k not in spec]
+            if missing:
+                raise StageInputError(f"Pipeline stage #{index + 1} {spec!r} lacks {missing}.")
+            if spec["stage"] not in STAGES or spec["stage"] == "pipeline":
+                raise StageInputError(f"Pipeline stage {spec['id']!r} names unknown stage {spec['stage']!r}.")
+            if not Path(spec["config"]).is_file():
+                raise StageInputError(f"Pipeline stage {spec['id']!r}: recipe {spec['config']!r} does not exist.")
+            if spec.get("launcher", "python") not in ("python", "accelerate"):
+                raise StageInputError(f"Pipeline stage {spec['id']!r}: launcher must be python or accelerate.")
+            ids.append(spec["id"])
+        if len(set(ids)) != len(ids):
+            raise StageInputError(f"Pipeline stage ids must be unique, got {ids}.")
+        for key in ("from_stage", "until"):
+            if getattr(self, key) is not None and getattr(self, key) not in ids:
+                raise StageInputError(f"{key} {getattr(self, key)!r} is not a stage id of this pipeline ({ids}).")
+
+
+def stage_argv(spec: dict) -> list[str]:
+    return ["--config", spec["config"], *[str(a) for a in spec.get("args", [])]]
+
+
+def run_in_subprocess(spec: dict) -> None:
+    command = ["accelerate", "launch"]
+    if spec.get("accelerate_config"):
+        command += ["--config_file", spec["accelerate_config"]]
+    command += ["-m", f"cotx_rl.{spec['stage']}", *stage_argv(spec)]
+    logger.info("Running %s", shlex.join(command))
+    completed = subprocess.run(command, check=False)
+    if completed.returncode:
+        raise RuntimeError(f"Stage {spec['id']!r} failed with exit code {completed.returncode}: {shlex.join(command)}")
+
+
+def main(args: PipelineArguments) -> dict[str, float]:
+    """Run the stages not done yet; returns the seconds each stage run now took."""
+    done_dir = Path(args.output_dir) / ".done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    rerun = args.force
+    timings: dict[str, float] = {}
+    for spec in args.stages:
+        rerun = rerun or spec["id"] == args.from_stage
+        marker = done_dir / spec["id"]
+        if marker.exists() and not rerun:
+            logger.info("Stage %s already done (%s); skipping.", spec["id"], marker)
+            if spec["id"] == args.until:
+                break
+            continue
+        marker.unlink(missing_ok=True)
+        logger.info("Stage %s: %s %s", spec["id"], spec["stage"], shlex.join(stage_argv(spec)))
+        started = time.perf_counter()
+        if spec.get("launcher", "python") == "accelerate":
+            run_in_subprocess(spec)
+        else:
+            run_stage(spec["stage"], stage_argv(spec))
+        timings[spec["id"]] = round(time.perf_counter() - started, 1)
+        marker.write_text(f"{timings[spec['id']]}\n", encoding="utf-8")
+        logger.info("Stage %s done in %.1f s.", spec["id"], timings[spec["id"]])
+        if spec["id"] == args.until:
+            break
+    if timings:
+        timings_path = Path(args.output_dir) / "timings.json"
+        earlier = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.exists() else {}
+        write_json(timings_path, {**earlier, **timings})
+    return timings
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((PipelineArguments,))
+
+
+if __name__ == "__main__":
+    from cotx_rl.cli import main as cli
+
+    raise SystemExit(cli(["pipeline", *sys.argv[1:]]))

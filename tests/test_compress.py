@@ -1,0 +1,166 @@
+import json
+import statistics
+
+import pytest
+
+from cotx_rl import compress
+from cotx_rl.arithmetic import make_problems, parse_question
+from cotx_rl.budget import count_reasoning_tokens
+from cotx_rl.compress import CompressArguments, plan_modes
+from cotx_rl.compressors import PruneCompressor, RewriteCompressor, TruncateCompressor
+from cotx_rl.io import StageInputError, read_rows, write_rows
+from cotx_rl.steps import leads_to_answer, split_steps, supporting_steps
+from cotx_rl.teachers.procedural import ProceduralTeacher
+
+GRID = [24, 48, 72, 96]
+
+
+@pytest.fixture(scope="module")
+def traces():
+    rows = make_problems(120, "train", seed=5)
+    outputs = ProceduralTeacher(min_words=70, seed=5).generate(rows)
+    return [{**r, "reasoning": o.reasoning, "response": o.response} for r, o in zip(rows, outputs)]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, traces):
+    folder = tmp_path_factory.mktemp("compress")
+    write_rows(folder / "kept.jsonl", traces)
+    args = CompressArguments(
+        traces_path=str(folder / "kept.jsonl"), output_path=str(folder / "examples.jsonl"), budget_grid=GRID
+    )
+    stats = compress.main(args)
+    return read_rows(folder / "examples.jsonl"), stats, json.loads((folder / "examples_stats.json").read_text())
+
+
+def test_every_example_keeps_its_window_and_its_answer(compressed, tiny_tokenizer):
+    examples, _, _ = compressed
+    assert {e["budget_mode"] for e in examples} == {"exact", "max", "auto"}
+    for example in examples:
+        tokens = count_reasoning_tokens(example["reasoning"], tiny_tokenizer)
+        assert tokens == example["reasoning_tokens"]
+        budget = example["budget_tokens"]
+        if example["budget_mode"] == "max":
+            assert tokens <= budget
+        else:
+            assert abs(tokens - budget) <= 0.1 * budget
+        assert leads_to_answer(example["reasoning"], example["answer"], example["question"])
+        assert example["budget_tokens"] in GRID
+
+
+def test_auto_label_grows_with_difficulty(compressed):
+    examples, _, _ = compressed
+    labels = {}
+    for example in examples:
+        if example["budget_mode"] == "auto":
+            labels.setdefault(example["difficulty"], []).append(example["budget_tokens"])
+    means = [statistics.mean(labels[k]) for k in sorted(labels)]
+    assert means == sorted(means) and means[-1] > means[0], means
+    ids = [e["id"] for e in examples if e["budget_mode"] == "auto"]
+    assert len(ids) == len(set(ids)), "one auto example per trace"
+
+
+def test_stats_report(compressed):
+    examples, stats, written = compressed
+    assert stats == written
+    assert stats["examples"] == len(examples)
+    assert sum(stats["examples_per_mode"].values()) == len(examples)
+    assert 0 < stats["compression_ratio"]["prune"] < 1
+    exact_96 = [v for k, v in stats["thinking_tokens"].items() if k.startswith("exact/96/")]
+    assert exact_96 and all(87 <= v["min_tokens"] and v["max_tokens"] <= 96 for v in exact_96)
+
+
+def test_plan_modes_respects_proportions():
+    import random
+
+    rng = random.Random(0)
+    plans = [plan_modes(GRID, {"exact": 0.5, "max": 0.25, "auto": 0.25}, rng) for _ in range(2000)]
+    modes = [mode for plan in plans for mode, _ in plan]
+    assert all(len(plan) == len(GRID) and len({b for _, b in plan}) == len(GRID) for plan in plans)
+    assert modes.count("auto") / len(modes) == pytest.approx(0.25, abs=0.02)
+    assert modes.count("exact") / len(modes) == pytest.approx(0.5, abs=0.03)
+
+
+def test_prune_drops_wrong_turns_and_checks_but_keeps_the_chain(traces, tiny_tokenizer):
+    prune = PruneCompressor(tiny_tokenizer)
+    row = next(r for r in traces if r["difficulty"] == 4 and "not right" in r["reasoning"])
+    problem = parse_question(row["question"])
+    short = prune.compress(row, row["reasoning"], 64, 0)
+    assert short is not None and count_reasoning_tokens(short, tiny_tokenizer) <= 64
+    assert "not right" not in short and "check" not in short.lower()
+    for index in range(problem.steps):
+        assert f"{problem.expression(index, index + 1)} = {problem.values()[index]}" in short
+
+
+def test_prune_refuses_what_cannot_fit(traces, tiny_tokenizer):
+    row = next(r for r in traces if r["difficulty"] == 6)
+    assert PruneCompressor(tiny_tokenizer).compress(row, row["reasoning"], 24, 0) is None
+
+
+def test_truncate_keeps_a_prefix_and_loses_the_answer(traces, tiny_tokenizer):
+    row = next(r for r in traces if r["difficulty"] == 5)
+    cut = TruncateCompressor(tiny_tokenizer).compress(row, row["reasoning"], 32, 0)
+    assert cut is not None and row["reasoning"].startswith(cut) and count_reasoning_tokens(cut, tiny_tokenizer) <= 32
+    assert not leads_to_answer(cut, row["answer"], row["question"])
+
+
+def test_rewrite_merges_steps_to_fit(traces, tiny_tokenizer):
+    teacher = ProceduralTeacher()
+    rewrite = RewriteCompressor(tiny_tokenizer, teacher)
+    row = next(r for r in traces if r["difficulty"] == 6)
+    text = rewrite.compress(row, row["reasoning"], 24, 0)
+    assert text is not None and count_reasoning_tokens(text, tiny_tokenizer) <= 24
+    assert leads_to_answer(text, row["answer"], row["question"])
+    assert len(split_steps(text)) < 6
+
+
+class ForgetfulTeacher(ProceduralTeacher):
+    """Loses the answer on the first try, then behaves."""
+
+    calls = 0
+
+    def rewrite(self, row, reasoning, budget_tokens, count_tokens=None):
+        self.calls += 1
+        if self.calls == 1:
+            return "Okay. So the answer is 1000."
+        return super().rewrite(row, reasoning, budget_tokens, count_tokens)
+
+
+def test_rewrite_retries_when_the_answer_is_lost(traces, tiny_tokenizer):
+    teacher = ForgetfulTeacher()
+    row = traces[0]
+    assert RewriteCompressor(tiny_tokenizer, teacher).compress(row, row["reasoning"], 48, 0) is not None
+    assert teacher.calls == 2
+
+
+def test_chain_support_needs_every_operation(traces):
+    row = next(r for r in traces if r["difficulty"] == 3)
+    problem = parse_question(row["question"])
+    full = f"{problem.expression(0, 1)} = {problem.values()[0]}. {problem.expression(1)} = {problem.answer}."
+    assert supporting_steps(split_steps(full), row["answer"], row["question"]) is not None
+    skipped = f"{problem.expression(1)} = {problem.answer}. So the answer is {problem.answer}."
+    assert supporting_steps(split_steps(skipped), row["answer"], row["question"]) is None
+
+
+@pytest.mark.parametrize("grid", [[], [0, 24], [48, 24], [24, 24], [-8]])
+def test_bad_grid_is_refused(grid):
+    with pytest.raises(StageInputError, match="budget_grid"):
+        CompressArguments(traces_path="x", output_path="y.jsonl", budget_grid=grid)
+
+
+def test_bad_inputs_name_the_value(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(StageInputError, match="empty.jsonl"):
+        compress.main(
+            CompressArguments(traces_path=str(tmp_path / "empty.jsonl"), output_path=str(tmp_path / "o.jsonl"))
+        )
+    with pytest.raises(StageInputError, match="'lasso'"):
+        CompressArguments(traces_path="x", output_path="y.jsonl", compressors=["lasso"])
+    with pytest.raises(StageInputError, match="no_such_tokenizer_dir"):
+        write_rows(tmp_path / "t.jsonl", [{"id": "1", "question": "q", "answer": "1", "reasoning": "r"}])
+        compress.main(
+            CompressArguments(
+                traces_path=str(tmp_path / "t.jsonl"), output_path=str(tmp_path / "o.jsonl"),
+                student_tokenizer=str(tmp_path / "no_such_tokenizer_dir"),
+            )
+        )  # fmt: skip

@@ -1,0 +1,110 @@
+import json
+
+import pytest
+
+from cotx_rl import problems
+from cotx_rl.arithmetic import make_problems, parse_question
+from cotx_rl.io import StageInputError, read_rows
+from cotx_rl.problems import ProblemsArguments
+
+
+def test_embedded_domain_is_deterministic_graded_and_split(tmp_path):
+    paths = problems.main(ProblemsArguments(output_dir=str(tmp_path / "a"), num_train=300, num_test=60, seed=3))
+    again = problems.main(ProblemsArguments(output_dir=str(tmp_path / "b"), num_train=300, num_test=60, seed=3))
+    train, test = read_rows(paths["train"]), read_rows(paths["test"])
+    assert train == read_rows(again["train"]) and test == read_rows(again["test"])
+    assert len(train) == 300 and len(test) == 60
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert {r["difficulty"] for r in train} == set(range(1, 7))
+    for row in train + test:
+        problem = parse_question(row["question"])
+        assert problem.steps == row["difficulty"] and str(problem.answer) == row["answer"]
+        assert all(0 <= v <= 99 for v in problem.values())
+
+
+def test_other_seed_other_problems():
+    assert make_problems(50, "train", seed=1) != make_problems(50, "train", seed=2)
+
+
+def test_gsm8k_preset_reads_gold_after_hashes(tmp_path, shared_data):
+    args = ProblemsArguments(
+        output_dir=str(tmp_path), source=str(shared_data / "gsm8k_test.jsonl"), preset="gsm8k", test_size=0.1
+    )
+    paths = problems.main(args)
+    rows = read_rows(paths["train"]) + read_rows(paths["test"])
+    assert len(rows) == 1319
+    by_question = {r["question"]: r for r in rows}
+    raw = [json.loads(line) for line in (shared_data / "gsm8k_test.jsonl").read_text().splitlines()]
+    for record in raw[:50]:
+        assert by_question[record["question"]]["answer"] == record["answer"].split("####")[-1].strip()
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_math_preset_uses_answer_level_and_unique_id(tmp_path, shared_data):
+    args = ProblemsArguments(output_dir=str(tmp_path), source=str(shared_data / "math500_test.jsonl"), preset="math")
+    rows = read_rows(problems.main(args)["train"])
+    assert len(rows) == 500
+    assert rows[0]["id"].startswith("test/") and rows[0]["difficulty"] in range(1, 6)
+    assert {r["difficulty"] for r in rows} == {1, 2, 3, 4, 5}
+    assert "subject" in rows[0]  # extra columns pass through
+
+
+def test_math_preset_falls_back_to_last_boxed_of_solution(tmp_path):
+    source = tmp_path / "math.jsonl"
+    source.write_text(
+        json.dumps(
+            {
+                "problem": "2+2?",
+                "solution": "First $\\boxed{3}$. That was wrong. So $\\boxed{\\frac{8}{2}}$.",
+                "level": "Level 2",
+                "unique_id": "a",
+            }
+        )
+        + "\n"
+    )
+    rows = read_rows(
+        problems.main(ProblemsArguments(output_dir=str(tmp_path / "out"), source=str(source), preset="math"))["train"]
+    )
+    assert rows[0]["answer"] == "\\frac{8}{2}" and rows[0]["difficulty"] == 2
+
+
+def test_column_mapping_for_csv(tmp_path):
+    source = tmp_path / "mine.csv"
+    source.write_text("prompt,gold,lvl\nWhat is 2+3?,5,1\nWhat is 7*6?,42,3\n")
+    args = ProblemsArguments(
+        output_dir=str(tmp_path / "out"), source=str(source), question_column="prompt", answer_column="gold",
+        difficulty_column="lvl",
+    )  # fmt: skip
+    rows = read_rows(problems.main(args)["train"])
+    assert [(r["question"], r["answer"], r["difficulty"]) for r in rows] == [
+        ("What is 2+3?", "5", 1),
+        ("What is 7*6?", "42", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: (d / "p.jsonl").write_text(""), "is empty"),
+        (lambda d: (d / "p.jsonl").write_text('{"q": "x", "answer": "1"}\n'), "lacks column"),
+    ],
+)
+def test_bad_sources_fail_before_writing(tmp_path, setup, message):
+    setup(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.jsonl").write_text("keep me\n")
+    with pytest.raises(StageInputError, match=message):
+        problems.main(ProblemsArguments(output_dir=str(out), source=str(tmp_path / "p.jsonl")))
+    assert (out / "train.jsonl").read_text() == "keep me\n"
+
+
+def test_unknown_preset_names_it():
+    with pytest.raises(StageInputError, match="'gsm9k'"):
+        ProblemsArguments(output_dir="x", preset="gsm9k")
+
+
+def test_recipe_keys_win_over_the_preset():
+    args = ProblemsArguments(output_dir="x", preset="math", id_column="my_id")
+    assert args.id_column == "my_id" and args.question_column == "problem"

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from cotx_rl import verify
+from cotx_rl.io import StageInputError, read_rows, write_rows
+from cotx_rl.verify import VerifyArguments
+
+
+def trace(id_, reasoning, response, answer="12", finish="stop", **extra):
+    return {"id": id_, "question": "What is 3 * 4?", "answer": answer, "reasoning": reasoning, "response": response,
+            "finish_reason": finish, **extra}  # fmt: skip
+
+
+def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
+    rows = [
+        trace("ok", "3 * 4 = 12.", "\\boxed{12}", source="mine"),
+        trace("ok-in-thought", "3 * 4 = 12, so the answer is \\boxed{12}.", ""),
+        trace("wrong", "3 * 4 = 13.", "\\boxed{13}", teacher_correct=True),
+        trace("silent", "I am not sure.", ""),
+        trace("cut", "3 * 4 = 1", "", finish="length"),
+        trace("bad-gold", "3 * 4 = 12.", "\\boxed{12}", answer=""),
+    ]
+    write_rows(tmp_path / "traces.jsonl", rows)
+    stats = verify.main(
+        VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl"), str(tmp_path / "stats.json"))
+    )
+    kept = read_rows(tmp_path / "kept.jsonl")
+    assert [r["id"] for r in kept] == ["ok", "ok-in-thought"]
+    assert all(r["teacher_correct"] is True for r in kept) and kept[0]["source"] == "mine"
+    assert stats["dropped"] == {"truncated": 1, "no_answer": 1, "wrong_answer": 1, "unreadable_gold": 1}
+    assert json.loads((tmp_path / "stats.json").read_text()) == stats
+
+
+def test_missing_column_is_named(tmp_path):
+    write_rows(tmp_path / "t.jsonl", [{"id": "1", "question": "q", "answer": "1"}])
+    with pytest.raises(StageInputError, match="reasoning"):
+        verify.main(VerifyArguments(str(tmp_path / "t.jsonl"), str(tmp_path / "k.jsonl")))
+    assert not (tmp_path / "k.jsonl").exists()
