@@ -41,6 +41,21 @@ def run_stage(stage: str, argv: list[str]):
     return module.main(*parsed)
 
 
+def configure_logging() -> None:
+    """Show this project's INFO messages; other libraries keep their own handlers.
+
+    A root handler (`logging.basicConfig`) would print every transformers line twice wherever
+    transformers propagates to the root logger, which it does when the `CI` variable is set.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("cotx_rl", "rewards"):
+        project_logger = logging.getLogger(name)
+        if not project_logger.handlers:
+            project_logger.addHandler(handler)
+        project_logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -50,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         sys.stderr.write(f"cotx-rl: unknown stage {stage!r}.\n\n{usage()}\n")
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         run_stage(stage, rest)
     except StageInputError as error:

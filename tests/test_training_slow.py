@@ -31,6 +31,9 @@ def stage_env() -> dict:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
+        # Under CI, transformers also propagates its lines to the root logger: set it everywhere
+        # so that a stage which printed every trainer line twice fails here too.
+        "CI": "true",
     }
 
 
