@@ -53,6 +53,12 @@ class EvalArguments:
         default_factory=lambda: ["exact", "max", "auto", "unbudgeted"],
         metadata={"help": "Modes evaluated for budget students: exact, max, auto, unbudgeted."},
     )
+    truncation_answer_tokens: int = field(
+        default=32,
+        metadata={
+            "help": "Truncation baseline: most tokens after the forced `</think>` (the answer, no more thought)."
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "Evaluate the first N test problems only."})
     batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
@@ -96,14 +102,20 @@ def load_eval_model(path: str, device: str = "auto", dtype: str = "auto"):
 
 
 def thinking_tokens_used(text: str, ids: list[int], tokenizer) -> int:
-    """Thinking tokens of a completion; a thought never closed counts every token after `<think>`."""
+    """Thinking tokens of a completion, also when it is malformed.
+
+    A well-formed completion counts what [`count_thinking_tokens`] counts; otherwise the thought runs from the first
+    `<think>` to the first `</think>` after it, or to the end when it never closes.
+    """
     counted = count_thinking_tokens(text, tokenizer, ids)
     if counted is not None:
         return counted
-    start_id = tokenizer.convert_tokens_to_ids(THINK_START)
-    if start_id in ids:
-        return len(ids) - ids.index(start_id) - 1
-    return len(ids) if THINK_START in text and THINK_END not in text else 0
+    start_id, end_id = tokenizer.convert_tokens_to_ids([THINK_START, THINK_END])
+    if start_id not in ids:
+        return 0
+    start = ids.index(start_id)
+    end = ids.index(end_id, start) if end_id in ids[start:] else len(ids)
+    return end - start - 1
 
 
 def score_completions(rows, texts, ids, tokenizer, budget_tokens: int | None, mode: str | None) -> list[Outcome]:
@@ -135,13 +147,16 @@ class Student:
             self.vllm = None
 
     def complete(self, user_texts: list[str], close_thought_at: int | None = None, desc: str = "generate"):
+        answer_tokens = self.args.truncation_answer_tokens if close_thought_at is not None else None
         if self.vllm is not None:
-            return self.vllm.generate(self.tokenizer, user_texts, self.args.max_new_tokens, close_thought_at)
+            return self.vllm.generate(
+                self.tokenizer, user_texts, self.args.max_new_tokens, close_thought_at, answer_tokens
+            )
         from cotx_rl.generation import generate
 
         return generate(
             self.model, self.tokenizer, user_texts, self.args.max_new_tokens, self.args.batch_size,
-            close_thought_at=close_thought_at, desc=desc,
+            close_thought_at=close_thought_at, desc=desc, max_answer_tokens=answer_tokens,
         )  # fmt: skip
 
     def outcomes(self, rows, mode: str | None, budget: int | None, close_thought_at: int | None = None, desc=""):

@@ -16,27 +16,46 @@ logger = logging.getLogger(__name__)
 class ForceCloseThought:
     """A logits processor that makes `</think>` the only choice once a thought has `max_thinking_tokens` tokens.
 
-    The truncation baseline: the student's reasoning cut at N tokens and the thought closed before the answer.
+    The truncation baseline: the student's reasoning cut at N tokens and the thought closed before the answer. A
+    student never trained to answer right after a cut tends to go on reasoning after `</think>`; with
+    `max_answer_tokens` the answer is cut too (EOS is forced), so the baseline cannot think on past its budget.
     """
 
-    def __init__(self, think_start_id: int, think_end_id: int, max_thinking_tokens: int, prompt_length: int):
+    def __init__(
+        self,
+        think_start_id: int,
+        think_end_id: int,
+        max_thinking_tokens: int,
+        prompt_length: int,
+        eos_token_id: int | None = None,
+        max_answer_tokens: int | None = None,
+    ):
         self.start_id, self.end_id = think_start_id, think_end_id
         self.max_thinking_tokens, self.prompt_length = max_thinking_tokens, prompt_length
+        self.eos_id, self.max_answer_tokens = eos_token_id, max_answer_tokens
 
     def __call__(self, input_ids, scores):
-        import torch
-
         generated = input_ids[:, self.prompt_length :]
         opened = (generated == self.start_id).cumsum(dim=1) > 0
-        closed = (generated == self.end_id).any(dim=1)
+        closed_at = (generated == self.end_id).cumsum(dim=1) > 0
+        closed = closed_at.any(dim=1)
         # Tokens after <think> so far (the <think> token itself excluded).
         thinking = opened.sum(dim=1) - opened.any(dim=1).long()
-        force = opened.any(dim=1) & ~closed & (thinking >= self.max_thinking_tokens)
-        if force.any():
-            forced = torch.full_like(scores[force], float("-inf"))
-            forced[:, self.end_id] = 0.0
-            scores[force] = forced
+        _only(scores, opened.any(dim=1) & ~closed & (thinking >= self.max_thinking_tokens), self.end_id)
+        if self.max_answer_tokens is not None and self.eos_id is not None:
+            answer = closed_at.sum(dim=1) - closed.long()  # tokens after the first </think>
+            _only(scores, closed & (answer >= self.max_answer_tokens), self.eos_id)
         return scores
+
+
+def _only(scores, rows, token_id: int) -> None:
+    """Leave `token_id` the only possible next token in the masked rows."""
+    import torch
+
+    if rows.any():
+        forced = torch.full_like(scores[rows], float("-inf"))
+        forced[:, token_id] = 0.0
+        scores[rows] = forced
 
 
 def chat_prompts(tokenizer: Any, user_texts: list[str]) -> list[str]:
@@ -54,11 +73,12 @@ def generate(
     batch_size: int = 64,
     close_thought_at: int | None = None,
     desc: str = "generate",
+    max_answer_tokens: int | None = None,
 ) -> tuple[list[str], list[list[int]]]:
     """Greedy completions for chat prompts: `(texts, completion_ids)`, in input order.
 
     Prompts are sorted by length so that a batch pads little; `close_thought_at` forces `</think>` after that many
-    thinking tokens.
+    thinking tokens, and `max_answer_tokens` then caps what follows it.
     """
     import torch
     from tqdm.auto import tqdm
@@ -81,7 +101,9 @@ def generate(
             processors = None
             if close_thought_at is not None:
                 width = encoded["input_ids"].shape[1]
-                processors = LogitsProcessorList([ForceCloseThought(*markers, close_thought_at, width)])
+                processors = LogitsProcessorList(
+                    [ForceCloseThought(*markers, close_thought_at, width, tokenizer.eos_token_id, max_answer_tokens)]
+                )
             with torch.no_grad():
                 output = model.generate(
                     **encoded,
@@ -125,7 +147,12 @@ class VLLMGenerator:
         self.llm = LLM(model=model_path, dtype=dtype, **engine_kwargs)
 
     def generate(
-        self, tokenizer: Any, user_texts: list[str], max_new_tokens: int, close_thought_at: int | None = None
+        self,
+        tokenizer: Any,
+        user_texts: list[str],
+        max_new_tokens: int,
+        close_thought_at: int | None = None,
+        max_answer_tokens: int | None = None,
     ) -> tuple[list[str], list[list[int]]]:
         from vllm import SamplingParams
 
@@ -147,7 +174,7 @@ class VLLMGenerator:
                 ids += tokenizer(closing, add_special_tokens=False)["input_ids"]
             heads.append(text)
             head_ids.append(ids)
-        rest = [max(1, max_new_tokens - len(ids)) for ids in head_ids]
+        rest = [max(1, min(max_new_tokens - len(ids), max_answer_tokens or max_new_tokens)) for ids in head_ids]
         second = self.llm.generate(
             [prompt + head for prompt, head in zip(prompts, heads)],
             [SamplingParams(temperature=0.0, max_tokens=n) for n in rest],

@@ -73,10 +73,14 @@ def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
     # Make the untrained model open a thought at once and never close it on its own.
     with torch.no_grad():
         model.lm_head.weight[end] = -100.0
-    texts, ids = generate(model, tiny_tokenizer, ["Compute 2 + 3."] * 3, max_new_tokens=30, close_thought_at=7)
+    texts, ids = generate(
+        model, tiny_tokenizer, ["Compute 2 + 3."] * 3, max_new_tokens=30, close_thought_at=7, max_answer_tokens=4
+    )
     for token_ids in ids:
         if start in token_ids:
             assert end in token_ids and token_ids.index(end) - token_ids.index(start) - 1 <= 7
+            # At most 4 tokens after the close, then EOS (dropped from the ids with the padding).
+            assert len(token_ids) - token_ids.index(end) - 1 <= 5
 
 
 def test_force_close_processor_unit():
@@ -86,6 +90,13 @@ def test_force_close_processor_unit():
     out = processor(ids, scores.clone())
     assert out[0].argmax() == 2 and out[0][0] == float("-inf")  # three thinking tokens: must close now
     assert torch.equal(out[1], torch.zeros(6)) and torch.equal(out[2], torch.zeros(6))
+    # With an answer cap, what follows the closed thought ends (EOS = 0) after `max_answer_tokens` tokens.
+    capped = ForceCloseThought(1, 2, 3, prompt_length=2, eos_token_id=0, max_answer_tokens=2)
+    ids = torch.tensor([[9, 9, 1, 5, 2, 7, 7], [9, 9, 1, 5, 2, 7, 1]])[:, :6]
+    out = capped(torch.cat([ids, torch.tensor([[7], [7]])], dim=1), torch.zeros(2, 10))
+    assert out[0].argmax() == 0 and out[1].argmax() == 0
+    out = capped(ids, torch.zeros(2, 10))
+    assert torch.equal(out, torch.zeros(2, 10))  # one answer token so far: not yet
 
 
 def test_metrics():
