@@ -165,10 +165,10 @@ def test_transformers_batched_generation_hits_length_limit(tiny_model_dir):
     # Questions of different lengths in one batch: left padding must not change a greedy continuation.
     outputs = teacher.generate(rows_of(QUESTIONS))
     assert len(outputs) == 3 and not any(output.finished for output in outputs)
-    assert all(output.reasoning for output in outputs) and len({output.reasoning for output in outputs}) == 3
-    # The shorter second question is padded in its batch of two.
-    alone = teacher.generate(rows_of(QUESTIONS[1:2]))
-    assert alone[0] == outputs[1]
+    assert all(output.reasoning for output in outputs)
+    # The shorter second question is padded in its batch of two; each continues as it does alone.
+    for question, output in zip(QUESTIONS, outputs):
+        assert teacher.generate(rows_of([question]))[0] == output
     assert teacher.label == f"transformers:{tiny_model_dir}"
     assert len(teacher.complete(["Rewrite this."])) == 1
 

@@ -40,10 +40,12 @@ CHECKS = (
 )
 WRONG_TURN = ("{conn} {a} {op} {b} = {wrong}.", "Wait, that is not right.", "Actually, {a} {op} {b} = {c}.")
 RECAPS = ("Wait, let me go over it again. So far: {values}.", "Let me recap. The values so far are {values}.")
+# Each pass restates the expression, as R1 does before redoing a chain: the operations to walk through are then
+# close by, not only in the question far above.
 VERIFY_INTROS = (
-    "Let me verify the whole thing once more.",
-    "Hmm, let me redo it from the start to be sure.",
-    "Before I answer, let me go through it again.",
+    "Let me verify {expr} once more.",
+    "Hmm, let me redo {expr} from the start to be sure.",
+    "Before I answer, let me go through {expr} again.",
 )
 CONCLUSIONS = ("So the answer is {ans}.", "Therefore, the result is {ans}.", "That gives {ans} in the end.")
 FILLERS = ("Let me think about this.", "Okay.", "Hmm.", "Let me be careful here.")
@@ -79,7 +81,7 @@ def _write_trace(problem: ChainProblem, rng: random.Random, min_words: int, wron
     paragraphs = [setup, derivation]
     words = sum(len(s.split()) for p in paragraphs for s in p)
     while len(paragraphs) == 2 or words < min_words:
-        verification, value = [rng.choice(VERIFY_INTROS)], problem.start
+        verification, value = [rng.choice(VERIFY_INTROS).format(expr=expr)], problem.start
         for index, ((sign, operand), result) in enumerate(zip(problem.ops, values)):
             conn = CONNECTORS[0] if index == 0 else rng.choice(CONNECTORS[1:])
             fields = {"a": value, "op": sign, "b": operand, "c": result, "inv": _inverse(sign), "conn": conn}
