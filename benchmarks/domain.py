@@ -4,7 +4,8 @@ Two students of the same size on the same problems:
 
 - the budget student of a finished tiny pipeline run (`outputs/tiny/sft`, trained by `recipes/tiny/sft.yaml`),
   asked for its full reasoning (`max` mode at the largest budget);
-- an answer-only student trained here on the same kept traces with the thought emptied: it must answer at once.
+- an answer-only student: the budget student fine-tuned here on the same kept traces with the thought emptied, so
+  that it knows the same arithmetic but must answer at once.
 
 Prints accuracy per difficulty level for both, the budget student's training time (from the run's `timings.json`)
 and the answer-only student's. Run after `cotx-rl pipeline --config recipes/tiny/pipeline.yaml`:
@@ -38,7 +39,10 @@ def train_answer_only(run_dir: Path, epochs: int) -> tuple[Path, float]:
     write_rows(data, [{**row, "reasoning": ""} for row in kept])
     output = run_dir / "benchmark" / "answer_only"
     argv = [
-        "--config", "recipes/tiny/full_cot.yaml", "--dataset_path", str(data), "--output_dir", str(output),
+        # As the full-CoT baseline: continue from the budget student, so that both know the same arithmetic and differ
+        # only in how much they may write before the answer.
+        "--config", "recipes/tiny/full_cot.yaml", "--model_name_or_path", str(run_dir / "sft"),
+        "--dataset_path", str(data), "--output_dir", str(output),
         "--num_train_epochs", str(epochs), "--max_length", "64", "--report_to", "none", "--save_strategy", "no",
     ]  # fmt: skip
     started = time.perf_counter()
@@ -49,7 +53,7 @@ def train_answer_only(run_dir: Path, epochs: int) -> tuple[Path, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run_dir", default="outputs/tiny", help="A finished tiny pipeline run.")
-    parser.add_argument("--answer_only_epochs", type=int, default=6)
+    parser.add_argument("--answer_only_epochs", type=int, default=3)
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     rows = read_rows(run_dir / "problems" / "test.jsonl")
