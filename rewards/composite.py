@@ -27,6 +27,9 @@ class CompositeReward(TokenizerHolder):
         efficiency_max_tokens (`int`, defaults to 8192): the declared budget that earns no efficiency bonus (the top
             of the budget grid).
         timeout_seconds (`float`, defaults to 2.0): per-item deadline of the correctness check.
+        auto_fidelity (`str`, defaults to `"exact"`): how an `auto` completion is held to the budget it declared:
+            `"exact"` (as `budget_fidelity_reward`: padding up to the declaration pays) or `"max"` (one-sided: any
+            length up to the declaration scores 1.0, so a student is not paid to pad).
 
     Returns None for a completion whose gold answer cannot be read (correctness undefined).
     """
@@ -40,8 +43,12 @@ class CompositeReward(TokenizerHolder):
         efficiency_weight: float = 0.0,
         efficiency_max_tokens: int = 8192,
         timeout_seconds: float = 2.0,
+        auto_fidelity: str = "exact",
     ):
         super().__init__(tokenizer)
+        if auto_fidelity not in ("exact", "max"):
+            raise ValueError(f"auto_fidelity must be 'exact' or 'max', got {auto_fidelity!r}.")
+        self.auto_fidelity = auto_fidelity
         if efficiency_max_tokens <= 0:
             raise ValueError(f"efficiency_max_tokens must be positive, got {efficiency_max_tokens}.")
         self.format_weight, self.efficiency_weight = float(format_weight), float(efficiency_weight)
@@ -72,7 +79,8 @@ class CompositeReward(TokenizerHolder):
             if score is None:
                 rewards.append(None)
                 continue
-            reward = score * fidelity_score(measure.budget_mode, measure.thinking_tokens, measure.target_tokens)
+            held_as = self.auto_fidelity if mode == "auto" else measure.budget_mode
+            reward = score * fidelity_score(held_as, measure.thinking_tokens, measure.target_tokens)
             reward += self.format_weight * fmt
             if mode == "auto" and score > 0 and measure.declared_budget_tokens:
                 saved = 1.0 - measure.declared_budget_tokens / self.efficiency_max_tokens

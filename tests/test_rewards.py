@@ -111,6 +111,20 @@ def test_composite_format_and_efficiency_terms(tiny_tokenizer):
     assert scores == pytest.approx([1 + 0.5 + 0.76, 1 + 0.5 + 0.52, 0.5])
 
 
+def test_composite_auto_fidelity_one_sided(tiny_tokenizer):
+    # Declared 48, thought for 24: half the declaration under "exact", the full reward under "max".
+    short = completion(reasoning_of(24), "\\boxed{8}", "auto", 48)
+    over = completion(reasoning_of(72), "\\boxed{8}", "auto", 48)  # 50% over either way
+    exact_mode = completion(reasoning_of(12), "\\boxed{8}")  # other modes keep their own rule
+    columns = {"answer": "8", "budget_mode": ["auto", "auto", "exact"], "budget_tokens": [None, None, 24]}
+    texts = [short, over, exact_mode]
+    assert rewards.CompositeReward(tokenizer=tiny_tokenizer)(texts, **columns) == pytest.approx([0.5, 0.5, 0.5])
+    one_sided = rewards.CompositeReward(tokenizer=tiny_tokenizer, auto_fidelity="max")
+    assert one_sided(texts, **columns) == pytest.approx([1.0, 0.5, 0.5])
+    with pytest.raises(ValueError, match="'loose'"):
+        rewards.CompositeReward(auto_fidelity="loose")
+
+
 def test_composite_undefined_when_gold_is_unreadable(tiny_tokenizer):
     reward = rewards.CompositeReward(tokenizer=tiny_tokenizer)
     assert reward([completion("x")], answer=[""], budget_mode=["exact"], budget_tokens=[8]) == [None]
