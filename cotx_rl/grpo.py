@@ -20,7 +20,7 @@ import rewards
 from cotx_rl.budget import BUDGET_MODES, render_prompt
 from cotx_rl.compress import check_grid
 from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns
-from cotx_rl.student import configure_tracking, load_tokenizer, lora_config, resume_checkpoint
+from cotx_rl.student import configure_tracking, load_tokenizer, lora_config, train_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,7 @@ def main(script_args: GRPOScriptArguments, training_args, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return trainer
+    return train_and_save(trainer, tokenizer, training_args)
 
 
 def make_parser():

@@ -14,6 +14,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, axes, path: Path) -> Path:
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def pareto_plot(report: dict, path: Path) -> Path:
     """Accuracy against mean thinking tokens: one line per model and budgeted mode, points for auto and no budget."""
     plt = _pyplot()
@@ -39,12 +48,7 @@ def pareto_plot(report: dict, path: Path) -> Path:
     axes.set_xlabel("mean thinking tokens")
     axes.set_ylabel("accuracy (%)")
     axes.set_title("Accuracy against thinking tokens")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path)
 
 
 def budget_plot(report: dict, path: Path) -> Path:
@@ -63,12 +67,7 @@ def budget_plot(report: dict, path: Path) -> Path:
                 )  # fmt: skip
     axes.set_xlabel("requested budget (tokens)")
     axes.set_ylabel("mean thinking tokens used")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path)
 
 
 def difficulty_plot(report: dict, path: Path) -> Path:
@@ -85,12 +84,7 @@ def difficulty_plot(report: dict, path: Path) -> Path:
     axes.set_xlabel("difficulty")
     axes.set_ylabel("mean thinking tokens")
     axes.set_title("Thinking tokens by difficulty")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path)
 
 
 def save_plots(report: dict, output_dir: Path) -> list[Path]:

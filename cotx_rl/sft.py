@@ -20,7 +20,7 @@ from cotx_rl.student import (
     configure_tracking,
     load_student,
     lora_config,
-    resume_checkpoint,
+    train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,12 +88,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
         processing_class=tokenizer,
         peft_config=lora_config(model_args, model),
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return trainer
+    return train_and_save(trainer, tokenizer, training_args)
 
 
 def make_parser():

@@ -166,6 +166,16 @@ def resume_checkpoint(training_args) -> str | bool | None:
     return last
 
 
+def train_and_save(trainer, tokenizer, training_args):
+    """Train (resuming per [`resume_checkpoint`]), then save the model and, once, the tokenizer with its markers."""
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest `checkpoint-N` in `output_dir` that has its `trainer_state.json`.
 
