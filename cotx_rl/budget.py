@@ -16,6 +16,7 @@ A budget counts thinking tokens only: the tokens strictly between `<think>` and 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,17 +38,48 @@ _COMPLETION_RE = re.compile(
 )
 
 
+class BudgetSettingError(ValueError):
+    """A budget grid, mode or mode mix that cannot be used; the message names the value."""
+
+
 def check_budget_mode(budget_mode: str) -> str:
     if budget_mode not in BUDGET_MODES:
-        raise ValueError(f"Unknown budget_mode {budget_mode!r}; expected one of {', '.join(BUDGET_MODES)}.")
+        raise BudgetSettingError(f"Unknown budget_mode {budget_mode!r}; expected one of {', '.join(BUDGET_MODES)}.")
     return budget_mode
+
+
+def check_budget_grid(grid: Any) -> list[int]:
+    """The one check of a budget grid: a non-empty list of positive integers in strictly increasing order."""
+    if (
+        not isinstance(grid, (list, tuple))
+        or not grid
+        or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in grid)
+        or any(a >= b for a, b in zip(grid, grid[1:]))
+    ):
+        raise BudgetSettingError(f"budget_grid {grid!r} must be positive integers in increasing order.")
+    return list(grid)
+
+
+def check_mode_proportions(proportions: Any, key: str = "mode_proportions") -> dict[str, float]:
+    """The one check of a mode mix: shares (non-negative numbers) for `exact`, `max` and `auto`, not all zero."""
+    if not isinstance(proportions, dict) or not proportions:
+        raise BudgetSettingError(f"{key} must map modes ({', '.join(BUDGET_MODES)}) to shares, got {proportions!r}.")
+    unknown = sorted(set(proportions) - set(BUDGET_MODES))
+    if unknown:
+        raise BudgetSettingError(f"{key} names unknown mode(s) {unknown}; use {', '.join(BUDGET_MODES)}.")
+    for mode, share in proportions.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 or share != share:
+            raise BudgetSettingError(f"{key}: the share of {mode!r} must be a number >= 0, got {share!r}.")
+    if not sum(proportions.values()):
+        raise BudgetSettingError(f"{key} {proportions!r} gives no mode a share above 0.")
+    return {mode: float(share) for mode, share in proportions.items()}
 
 
 def budget_directive(budget_mode: str, budget_tokens: int | None = None) -> str:
     """The last line of the user turn that asks for a budget (`auto` needs no `budget_tokens`)."""
     check_budget_mode(budget_mode)
     if budget_mode != "auto" and (budget_tokens is None or int(budget_tokens) <= 0):
-        raise ValueError(f"budget_mode {budget_mode!r} needs a positive budget_tokens, got {budget_tokens!r}.")
+        raise BudgetSettingError(f"budget_mode {budget_mode!r} needs a positive budget_tokens, got {budget_tokens!r}.")
     return _DIRECTIVES[budget_mode].format(budget_tokens=budget_tokens)
 
 
@@ -72,6 +104,37 @@ def render_completion(
             raise ValueError("An auto-mode completion needs declared_budget_tokens.")
         head = f"{BUDGET_START}{int(declared_budget_tokens)}{BUDGET_END}\n"
     return f"{head}{render_thinking(reasoning)}\n{answer_text}"
+
+
+TOKENIZER_ENV = "COTX_RL_TOKENIZER"
+
+
+def resolve_tokenizer(tokenizer: Any = None) -> Any:
+    """The student's tokenizer, which every thinking-token count needs.
+
+    Args:
+        tokenizer: a tokenizer object (returned as is), a model name or local folder (loaded with
+            `transformers.AutoTokenizer`), or None: then the name or folder in the `COTX_RL_TOKENIZER` environment
+            variable. That variable is how rewards named on a command line (`trl grpo --reward_funcs
+            rewards.composite_reward`) learn the student's tokenizer, since TRL passes none to reward functions.
+    """
+    if tokenizer is None:
+        tokenizer = os.environ.get(TOKENIZER_ENV) or None
+        if tokenizer is None:
+            raise BudgetSettingError(
+                "Counting thinking tokens needs the student's tokenizer: pass `tokenizer=` (an object, model name or "
+                f"folder), e.g. `rewards.load('composite_reward', tokenizer='path/to/student')`, or set "
+                f"{TOKENIZER_ENV}=path/to/student when rewards are named on a command line (`trl grpo "
+                "--reward_funcs rewards.composite_reward`)."
+            )
+    if not isinstance(tokenizer, str):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(os.path.expanduser(tokenizer))
+    except Exception as error:  # a missing folder or an unreachable hub: one message either way
+        raise BudgetSettingError(f"Cannot load the tokenizer {tokenizer!r}: {error}") from error
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cotx_rl.budget import check_budget_mode, count_thinking_tokens, parse_completion
-from rewards._completions import broadcast, completion_texts
+from cotx_rl.budget import check_budget_mode, count_thinking_tokens, parse_completion, resolve_tokenizer
+from rewards.completions import broadcast, completion_texts
+from rewards.metrics import log_budget_metrics
 
 
 @dataclass(frozen=True)
@@ -26,20 +27,6 @@ class BudgetMeasure:
     thinking_tokens: int | None
     target_tokens: int | None
     declared_budget_tokens: int | None
-
-    @property
-    def measurable(self) -> bool:
-        return self.thinking_tokens is not None and bool(self.target_tokens)
-
-    @property
-    def abs_rel_error(self) -> float | None:
-        if not self.measurable:
-            return None
-        return abs(self.thinking_tokens - self.target_tokens) / self.target_tokens
-
-    @property
-    def in_budget(self) -> bool:
-        return self.measurable and self.thinking_tokens <= self.target_tokens
 
 
 def fidelity_score(budget_mode: str, thinking_tokens: int | None, target_tokens: int | None) -> float:
@@ -54,30 +41,26 @@ def fidelity_score(budget_mode: str, thinking_tokens: int | None, target_tokens:
     return max(0.0, 1.0 - abs(thinking_tokens - target_tokens) / target_tokens)
 
 
-def load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object from an object, a model name or a local path."""
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(tokenizer)
-    return tokenizer
-
-
 class TokenizerHolder:
-    """Holds a tokenizer given as object or name; a name is loaded on first use and reloaded after unpickling."""
+    """Holds the student's tokenizer, given as an object or a name; a name is loaded on first use.
+
+    Without one (`tokenizer=None`), the name or folder in `$COTX_RL_TOKENIZER` is loaded on first use (see
+    [`cotx_rl.budget.resolve_tokenizer`]); a reward built bare, as `trl grpo --reward_funcs` builds it, works that way.
+    A tokenizer loaded from a name is not pickled along; it is loaded again where the reward is unpickled.
+    """
 
     def __init__(self, tokenizer: Any = None):
         self._tokenizer_spec, self._tokenizer = tokenizer, None
 
     @property
     def tokenizer(self) -> Any:
-        if self._tokenizer is None and self._tokenizer_spec is not None:
-            self._tokenizer = load_tokenizer(self._tokenizer_spec)
+        if self._tokenizer is None:
+            self._tokenizer = resolve_tokenizer(self._tokenizer_spec)
         return self._tokenizer
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        if isinstance(self._tokenizer_spec, str):
+        if not state["_tokenizer_spec"] or isinstance(state["_tokenizer_spec"], str):
             state["_tokenizer"] = None
         return state
 
@@ -90,11 +73,6 @@ def measure_budgets(
     completion_ids: list[list[int]] | None = None,
 ) -> list[BudgetMeasure]:
     """Thinking tokens and the target each completion is held to, one [`BudgetMeasure`] per completion."""
-    if tokenizer is None:
-        raise ValueError(
-            "Counting thinking tokens needs the student's tokenizer: build the reward with `tokenizer=` (an object, "
-            "model name or path), e.g. `rewards.load('budget_fidelity_reward', tokenizer='path/to/student')`."
-        )
     n = len(texts)
     modes = broadcast(budget_mode, n, "budget_mode")
     budgets = broadcast(budget_tokens, n, "budget_tokens")
@@ -137,8 +115,6 @@ class BudgetFidelityReward(TokenizerHolder):
             completion_texts(completions), budget_mode, budget_tokens, self.tokenizer, completion_ids
         )
         if log_metric is not None:  # TRL's hook: per-mode budget metrics every step
-            from cotx_rl.metrics import log_budget_metrics
-
             log_budget_metrics(log_metric, measures)
         return [fidelity_score(m.budget_mode, m.thinking_tokens, m.target_tokens) for m in measures]
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cotx_rl.metrics import log_budget_metrics
-from rewards._completions import broadcast, completion_texts
 from rewards.budget_fidelity import TokenizerHolder, fidelity_score, measure_budgets
+from rewards.completions import broadcast, completion_texts
 from rewards.correctness import CorrectnessReward, correctness_reward
 from rewards.format import format_reward
+from rewards.metrics import log_budget_metrics
 
 
 class CompositeReward(TokenizerHolder):

@@ -29,8 +29,8 @@ from rewards._answers import (
     extract_final_answer,
     extract_gold_answer,
 )
-from rewards._completions import broadcast, completion_text
 from rewards._pool import Failure, WorkerPool
+from rewards.completions import broadcast, completion_text
 
 __all__ = ["CorrectnessReward", "answers_match", "correctness_reward", "extract_final_answer"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cotx_rl.budget import follows_format
-from rewards._completions import broadcast, completion_texts
+from rewards.completions import broadcast, completion_texts
 
 
 def format_reward(completions: list[Any], budget_mode: Any = None, **kwargs) -> list[float]:

@@ -39,8 +39,10 @@ def _import(path: str) -> Any:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"Cannot import module {module_name!r} for reward {path!r}: {error}") from error
+    except Exception as error:  # not found, or the module itself raised while importing: the user's code either way
+        raise ValueError(
+            f"Cannot import module {module_name!r} for reward {path!r}: {type(error).__name__}: {error}"
+        ) from error
     if not hasattr(module, attribute):
         raise ValueError(f"Module {module_name!r} has no attribute {attribute!r} (reward {path!r}).")
     return getattr(module, attribute)

@@ -7,11 +7,12 @@ import torch
 
 from cotx_rl import eval as evaluate
 from cotx_rl.arithmetic import make_problems
+from cotx_rl.config import RunArguments
 from cotx_rl.eval import EvalArguments
 from cotx_rl.generation import ForceCloseThought, generate
 from cotx_rl.io import StageInputError, write_rows
-from cotx_rl.metrics import Outcome, auto_summary, budget_summary, percentile
 from cotx_rl.tiny import build_tiny_student
+from rewards.metrics import Outcome, auto_summary, budget_summary, percentile
 
 BUDGET_KEYS = {"accuracy", "mean_thinking_tokens", "mean_abs_rel_error", "mean_signed_rel_error", "in_budget_rate",
                "p90_overshoot"}  # fmt: skip
@@ -34,8 +35,8 @@ def students(tmp_path_factory, tiny_tokenizer):
 def test_report_schema_table_and_plots(students, tmp_path):
     folder, paths = students
     args = EvalArguments(test_path=str(folder / "test.jsonl"), output_dir=str(tmp_path), models=paths,
-                         budget_grid=[8, 16], max_new_tokens=24, batch_size=8)  # fmt: skip
-    report = evaluate.main(args)
+                         max_new_tokens=24, batch_size=8)  # fmt: skip
+    report = evaluate.main(args, RunArguments(budget_grid=[8, 16]))
     assert report == json.loads((tmp_path / "report.json").read_text())
     models = report["models"]
     assert set(models) == {"full_cot", "truncation", "sft", "grpo"}
@@ -68,19 +69,30 @@ def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
     _, paths = students
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(paths["sft"])
     start, end = tiny_tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
-    # Make the untrained model open a thought at once and never close it on its own.
-    with torch.no_grad():
-        model.lm_head.weight[end] = -100.0
+    word = tiny_tokenizer.convert_tokens_to_ids("\u2581so")
+    model = AutoModelForCausalLM.from_pretrained(paths["sft"])
+    forward = model.forward
+
+    def think_forever(input_ids=None, **kwargs):
+        # A student that opens a thought at once and never closes it on its own: only the cap can end it.
+        output = forward(input_ids=input_ids, **kwargs)
+        logits = torch.full_like(output.logits, -1e4)
+        opened = (input_ids == start).any(dim=1)
+        logits[~opened, -1, start] = 0.0
+        logits[opened, -1, word] = 0.0
+        output.logits = logits
+        return output
+
+    model.forward = think_forever
     texts, ids = generate(
         model, tiny_tokenizer, ["Compute 2 + 3."] * 3, max_new_tokens=30, close_thought_at=7, max_answer_tokens=4
     )
     for token_ids in ids:
-        if start in token_ids:
-            assert end in token_ids and token_ids.index(end) - token_ids.index(start) - 1 <= 7
-            # At most 4 tokens after the close, then EOS (dropped from the ids with the padding).
-            assert len(token_ids) - token_ids.index(end) - 1 <= 5
+        assert token_ids[0] == start and end in token_ids, token_ids
+        assert token_ids.index(end) - token_ids.index(start) - 1 == 7
+        # 4 answer tokens after the close, then the forced end of sequence.
+        assert len(token_ids) - token_ids.index(end) - 1 == 5 and token_ids[-1] == tiny_tokenizer.eos_token_id
 
 
 def test_force_close_processor_unit():

@@ -1,4 +1,4 @@
-"""Budget metrics over a set of completions, shared by evaluation and by GRPO's per-mode logging.
+"""Budget metrics over a set of completions: logged by the budget rewards during GRPO, and reported by evaluation.
 
 For a completion with `n` thinking tokens held to a target `N` (the requested budget, or the declared one in `auto`
 mode): relative error `(n - N) / N`, in budget when `n <= N`, overshoot `max(0, n - N) / N`.
@@ -104,7 +104,7 @@ def log_budget_metrics(log_metric, measures: list, correct: list[float | None] |
     """Per-mode budget metrics of a batch through TRL's `log_metric(name, value)` reward hook.
 
     Logs `budget/<mode>/abs_rel_error`, `in_budget_rate`, `thinking_tokens`, `accuracy` (when `correct` is given),
-    and `budget/auto/declared_budget`. `measures` are `rewards.budget_fidelity.BudgetMeasure`s.
+    and `budget/auto/declared_budget`. `measures` are [`rewards.budget_fidelity.BudgetMeasure`]s.
     """
     by_mode: dict[str, list[Outcome]] = defaultdict(list)
     for index, measure in enumerate(measures):
