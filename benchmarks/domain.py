@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cotx_rl import sft
 from cotx_rl.budget import render_prompt
+from cotx_rl.config import RunArguments
 from cotx_rl.eval import EvalArguments, Student
 from cotx_rl.io import read_rows, write_rows
 
@@ -62,10 +63,11 @@ def main() -> None:
         test_path="-", output_dir=str(run_dir / "benchmark"), models={"sft": "-"}, max_new_tokens=160
     )
 
-    budget_student = Student(str(run_dir / "sft"), settings)
+    run_settings = RunArguments(budget_grid=grid)
+    budget_student = Student(str(run_dir / "sft"), settings, run_settings)
     with_reasoning = accuracy_by_level(budget_student, rows, "max", max(grid))
     answer_only_path, answer_only_seconds = train_answer_only(run_dir, args.answer_only_epochs)
-    without = accuracy_by_level(Student(str(answer_only_path), settings), rows, None, None)
+    without = accuracy_by_level(Student(str(answer_only_path), settings, run_settings), rows, None, None)
     timings = json.loads((run_dir / "timings.json").read_text())
 
     print(

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING
 
 from cotx_rl import grpo
 from cotx_rl.arithmetic import make_problems
-from cotx_rl.student import load_tokenizer
+from cotx_rl.config import RunArguments
+from cotx_rl.models import load_policy, load_tokenizer
 from cotx_rl.tiny import build_tiny_student, build_tiny_tokenizer
 from rewards import CompositeReward
 
@@ -141,14 +142,14 @@ def cotx_trainer(model_dir: Path, rows: list[dict], output_dir: Path, options) -
 
     script = script_args(model_dir)
     args = training_args(output_dir, options)
-    grpo.check_settings(script, args, num_processes=1)
+    grpo.check_settings(script, args, RunArguments(), num_processes=1)
     tokenizer = load_tokenizer(str(model_dir))
-    model, _ = grpo.load_policy(str(model_dir), ModelConfig())
+    model, _ = load_policy(str(model_dir), ModelConfig())
     return GRPOTrainer(
         model=model,
         reward_funcs=grpo.build_rewards(script, tokenizer),
         args=args,
-        train_dataset=Dataset.from_list(grpo.budgeted_prompts(rows, script, args.seed)),
+        train_dataset=Dataset.from_list(grpo.budgeted_prompts(rows, script, RunArguments().budget_grid, args.seed)),
         processing_class=tokenizer,
     )
 
@@ -160,7 +161,10 @@ def plain_trainer(model_dir: Path, rows: list[dict], output_dir: Path, options, 
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if directives:  # the very prompts of the cotx run (same seed, same draws)
-        prompts = [{"prompt": row["prompt"]} for row in grpo.budgeted_prompts(rows, script_args(model_dir), seed=0)]
+        prompts = [
+            {"prompt": row["prompt"]}
+            for row in grpo.budgeted_prompts(rows, script_args(model_dir), RunArguments().budget_grid, seed=0)
+        ]
     else:
         prompts = [{"prompt": [{"role": "user", "content": row["question"]}]} for row in rows]
     return GRPOTrainer(

@@ -25,9 +25,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from cotx_rl.budget import count_reasoning_tokens
+from cotx_rl.budget import BudgetSettingError, check_mode_proportions, count_reasoning_tokens
 from cotx_rl.compressors import COMPRESSORS, Compressor, RewriteCompressor
+from cotx_rl.config import RunArguments
 from cotx_rl.io import JSONDict, StageInputError, check_output_path, read_rows, require_columns, write_json, write_rows
+from cotx_rl.models import load_tokenizer
 from cotx_rl.steps import leads_to_answer
 from cotx_rl.teachers.config import TeacherArguments
 
@@ -44,10 +46,6 @@ class CompressArguments:
     student_tokenizer: str = field(
         default="embedded",
         metadata={"help": "Tokenizer that counts thinking tokens: `embedded`, or a model name or local path."},
-    )
-    budget_grid: list[int] = field(
-        default_factory=lambda: [24, 48, 72, 96],
-        metadata={"help": "Budgets in thinking tokens, positive and increasing."},
     )
     compressors: list[str] = field(
         default_factory=lambda: ["prune", "rewrite"],
@@ -72,39 +70,17 @@ class CompressArguments:
     mode_seed: int = field(default=0, metadata={"help": "Seed of the mode draws (the teacher has its own `seed`)."})
 
     def __post_init__(self):
-        check_grid(self.budget_grid)
         for name in [*self.compressors, *self.auto_label_compressors]:
             if name not in COMPRESSORS:
                 raise StageInputError(f"Unknown compressor {name!r}; choose from {', '.join(COMPRESSORS)}.")
-        unknown = set(self.mode_proportions) - {"exact", "max", "auto"}
-        if unknown or any(v < 0 for v in self.mode_proportions.values()) or not sum(self.mode_proportions.values()):
-            raise StageInputError(
-                f"mode_proportions {self.mode_proportions!r} must give non-negative shares to exact, max and auto."
-            )
+        try:
+            self.mode_proportions = JSONDict(check_mode_proportions(self.mode_proportions))
+        except BudgetSettingError as error:
+            raise StageInputError(str(error)) from error
         if not 0 <= self.exact_tolerance < 1 or not 0 <= self.max_headroom < 1:
             raise StageInputError(
                 f"exact_tolerance ({self.exact_tolerance}) and max_headroom ({self.max_headroom}) must be in [0, 1)."
             )
-
-
-def check_grid(grid: list[int]) -> list[int]:
-    """A budget grid must be non-empty, positive integers, strictly increasing."""
-    if not grid or any(not isinstance(b, int) or b <= 0 for b in grid) or any(a >= b for a, b in zip(grid, grid[1:])):
-        raise StageInputError(f"budget_grid {grid!r} must be positive integers in increasing order.")
-    return grid
-
-
-def load_student_tokenizer(name: str):
-    if name == "embedded":
-        from cotx_rl.tiny import build_tiny_tokenizer
-
-        return build_tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as error:  # a missing path or an unreachable hub: one message either way
-        raise StageInputError(f"Cannot load student_tokenizer {name!r}: {error}") from error
 
 
 @dataclass
@@ -169,16 +145,18 @@ def plan_modes(grid: list[int], proportions: dict[str, float], rng: random.Rando
     return plan
 
 
-def compress_trace(row: dict, args: CompressArguments, worker: TraceCompressor, failures: Counter) -> list[dict]:
+def compress_trace(
+    row: dict, args: CompressArguments, grid: list[int], worker: TraceCompressor, failures: Counter
+) -> list[dict]:
     """The budgeted examples of one trace."""
     rng = random.Random(f"{args.mode_seed}-{row['id']}")
-    plan = plan_modes(args.budget_grid, args.mode_proportions, rng)
+    plan = plan_modes(grid, args.mode_proportions, rng)
     base = {k: v for k, v in row.items() if k != "reasoning"}
     base["original_reasoning_tokens"] = count_reasoning_tokens(row["reasoning"], worker.tokenizer)
     examples = []
     for mode, budget in sorted(plan, key=lambda slot: slot[1]):
         if mode == "auto":
-            found, budget = auto_label(row, args, worker, failures)
+            found, budget = auto_label(row, args, grid, worker, failures)
         elif mode == "exact":
             found = worker.first_passing(row, args.compressors, Window.exact(budget, args.exact_tolerance), failures)
         else:
@@ -194,9 +172,9 @@ def compress_trace(row: dict, args: CompressArguments, worker: TraceCompressor, 
     return examples
 
 
-def auto_label(row: dict, args: CompressArguments, worker: TraceCompressor, failures: Counter):
+def auto_label(row: dict, args: CompressArguments, grid: list[int], worker: TraceCompressor, failures: Counter):
     """The smallest grid budget whose exact compression passes, with that compression (or None, None)."""
-    for budget in args.budget_grid:
+    for budget in grid:
         window = Window.exact(budget, args.exact_tolerance)
         found = worker.first_passing(row, args.auto_label_compressors, window, Counter())
         if found is not None:
@@ -272,31 +250,34 @@ def format_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: CompressArguments, teacher_args: TeacherArguments | None = None) -> dict:
+def main(
+    args: CompressArguments, teacher_args: TeacherArguments | None = None, run_args: RunArguments | None = None
+) -> dict:
     from tqdm.auto import tqdm
 
+    run_args = run_args or RunArguments()
     output = check_output_path(args.output_path)
     traces = read_rows(args.traces_path, "Traces file")
     require_columns(traces, ["id", "question", "answer", "reasoning"], f"Traces file {args.traces_path!r}")
-    tokenizer = load_student_tokenizer(args.student_tokenizer)
+    tokenizer = load_tokenizer(args.student_tokenizer)
     worker = TraceCompressor(build_compressors(args, teacher_args or TeacherArguments(), tokenizer), tokenizer)
     failures: Counter = Counter()
     examples = []
     for row in tqdm(traces, desc="compress", unit="trace"):
-        examples.extend(compress_trace(row, args, worker, failures))
+        examples.extend(compress_trace(row, args, run_args.budget_grid, worker, failures))
     if not examples:
         raise StageInputError(f"No example of {args.traces_path!r} passed the checks: {dict(failures)}.")
     write_rows(output, examples)
-    stats = summarize(traces, examples, failures, args.budget_grid)
+    stats = summarize(traces, examples, failures, run_args.budget_grid)
     write_json(args.stats_path or output.with_name(output.stem + "_stats.json"), stats)
     logger.info("Compression report for %s\n%s", output, format_table(stats))
     return stats
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((CompressArguments, TeacherArguments))
+    return make_parser(CompressArguments, TeacherArguments, RunArguments)
 
 
 if __name__ == "__main__":

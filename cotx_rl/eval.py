@@ -13,18 +13,18 @@ difficulty in `auto` mode. All are also logged to W&B when `report_to: wandb`.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cotx_rl.budget import THINK_END, THINK_START, count_thinking_tokens, parse_completion, render_prompt
-from cotx_rl.compress import check_grid
+from cotx_rl.config import RunArguments
 from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns, write_json
-from cotx_rl.metrics import Outcome, auto_summary, budget_summary, plain_summary
-from cotx_rl.student import check_model_source, load_tokenizer
+from cotx_rl.models import check_model_source, is_adapter, load_for_inference, load_tokenizer
+from cotx_rl.tracking import configure_wandb
 from rewards.correctness import correctness_reward
+from rewards.metrics import Outcome, auto_summary, budget_summary, plain_summary
 
 logger = logging.getLogger(__name__)
 BUDGET_MODELS_EXCLUDED = ("full_cot", "truncation")
@@ -46,18 +46,9 @@ class EvalArguments:
     truncation_model: str | None = field(
         default=None, metadata={"help": "Student whose thought is force-closed at N (default: the full_cot model)."}
     )
-    budget_grid: list[int] = field(
-        default_factory=lambda: [24, 48, 72, 96], metadata={"help": "Budgets evaluated in exact and max mode."}
-    )
     modes: list[str] = field(
         default_factory=lambda: ["exact", "max", "auto", "unbudgeted"],
         metadata={"help": "Modes evaluated for budget students: exact, max, auto, unbudgeted."},
-    )
-    truncation_answer_tokens: int = field(
-        default=32,
-        metadata={
-            "help": "Truncation baseline: most tokens after the forced `</think>` (the answer, no more thought)."
-        },
     )
     limit: int | None = field(default=None, metadata={"help": "Evaluate the first N test problems only."})
     batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch."})
@@ -73,7 +64,6 @@ class EvalArguments:
     run_name: str | None = field(default=None, metadata={"help": "W&B run name (default: the output folder name)."})
 
     def __post_init__(self):
-        check_grid(self.budget_grid)
         unknown = set(self.modes) - {"exact", "max", "auto", "unbudgeted"}
         if unknown:
             raise StageInputError(f"Unknown eval modes {sorted(unknown)}; choose from exact, max, auto, unbudgeted.")
@@ -81,24 +71,6 @@ class EvalArguments:
             raise StageInputError(f"Unknown engine {self.engine!r}; choose auto, vllm or transformers.")
         if not self.models:
             raise StageInputError("eval needs at least one model in `models` (name -> path).")
-
-
-def load_eval_model(path: str, device: str = "auto", dtype: str = "auto"):
-    """`(model, tokenizer)` from a full model folder or a LoRA adapter folder (merged onto its base)."""
-    import torch
-
-    check_model_source(path, "model path")
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), load_tokenizer(path)
 
 
 def thinking_tokens_used(text: str, ids: list[int], tokenizer) -> int:
@@ -135,19 +107,19 @@ def score_completions(rows, texts, ids, tokenizer, budget_tokens: int | None, mo
 class Student:
     """One model under evaluation: its tokenizer and a greedy `complete(user_texts, close_thought_at, desc)`."""
 
-    def __init__(self, path: str, args: EvalArguments):
-        self.args = args
+    def __init__(self, path: str, args: EvalArguments, run_args: RunArguments):
+        self.args, self.run_args = args, run_args
         if use_vllm(args.engine):
             from cotx_rl.generation import VLLMGenerator
 
             self.tokenizer = load_tokenizer(path)
             self.vllm = VLLMGenerator(merged_model_path(path, args.output_dir), dtype=args.dtype)
         else:
-            self.model, self.tokenizer = load_eval_model(path, args.device, args.dtype)
+            self.model, self.tokenizer = load_for_inference(path, args.device, args.dtype)
             self.vllm = None
 
     def complete(self, user_texts: list[str], close_thought_at: int | None = None, desc: str = "generate"):
-        answer_tokens = self.args.truncation_answer_tokens if close_thought_at is not None else None
+        answer_tokens = self.run_args.answer_tokens if close_thought_at is not None else None
         if self.vllm is not None:
             return self.vllm.generate(
                 self.tokenizer, user_texts, self.args.max_new_tokens, close_thought_at, answer_tokens
@@ -175,9 +147,9 @@ def use_vllm(engine: str) -> bool:
 
 def merged_model_path(path: str, output_dir: str) -> str:
     """vLLM loads full models: a LoRA adapter is merged onto its base and saved next to the report first."""
-    if not (Path(path) / "adapter_config.json").exists():
+    if not is_adapter(path):
         return path
-    model, tokenizer = load_eval_model(path, "cpu")
+    model, tokenizer = load_for_inference(path, "cpu")
     merged = Path(output_dir) / "merged" / Path(path).name
     model.save_pretrained(merged)
     tokenizer.save_pretrained(merged)
@@ -190,7 +162,7 @@ def evaluate_budget_student(student: Student, rows, args: EvalArguments, name: s
         if mode in args.modes:
             result[mode] = {
                 str(budget): budget_summary(student.outcomes(rows, mode, budget, desc=f"{name} {mode} {budget}"))
-                for budget in args.budget_grid
+                for budget in student.run_args.budget_grid
             }
     if "auto" in args.modes:
         result["auto"] = auto_summary(student.outcomes(rows, "auto", None, desc=f"{name} auto"))
@@ -212,17 +184,17 @@ def evaluate_unbudgeted(student: Student, rows, name: str) -> dict:
 def evaluate_truncation(student: Student, rows, args: EvalArguments) -> dict:
     """The student's thought cut at N tokens and closed; reported under `exact` and `max` (same completions)."""
     exact = {}
-    for budget in args.budget_grid:
+    for budget in student.run_args.budget_grid:
         outcomes = student.outcomes(rows, None, budget, close_thought_at=budget, desc=f"truncation {budget}")
         exact[str(budget)] = budget_summary(outcomes)
     return {"exact": exact, "max": dict(exact)}
 
 
-def run_evaluations(args: EvalArguments, rows: list[dict]) -> dict:
+def run_evaluations(args: EvalArguments, run_args: RunArguments, rows: list[dict]) -> dict:
     report: dict[str, Any] = {}
     truncation_path = args.truncation_model or args.models.get("full_cot")
     for name, path in args.models.items():
-        student = Student(path, args)
+        student = Student(path, args, run_args)
         if name == "full_cot":
             report[name] = {"unbudgeted": evaluate_unbudgeted(student, rows, name)}
         else:
@@ -231,7 +203,7 @@ def run_evaluations(args: EvalArguments, rows: list[dict]) -> dict:
             report["truncation"] = evaluate_truncation(student, rows, args)
         del student
     if truncation_path and "truncation" not in report:
-        report["truncation"] = evaluate_truncation(Student(truncation_path, args), rows, args)
+        report["truncation"] = evaluate_truncation(Student(truncation_path, args, run_args), rows, args)
     return report
 
 
@@ -267,16 +239,18 @@ def markdown_table(report: dict, grid: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args: EvalArguments) -> dict:
+def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
+    run_args = run_args or RunArguments()
     rows = read_rows(args.test_path, "Test problems")
     require_columns(rows, ["id", "question", "answer"], f"Test problems {args.test_path!r}")
     for path in [*args.models.values(), *([args.truncation_model] if args.truncation_model else [])]:
         check_model_source(path, "model path")
     rows = rows[: args.limit] if args.limit else rows
-    report = {"models": run_evaluations(args, rows), "budget_grid": args.budget_grid, "num_problems": len(rows)}
+    grid = run_args.budget_grid
+    report = {"models": run_evaluations(args, run_args, rows), "budget_grid": grid, "num_problems": len(rows)}
     output_dir = Path(args.output_dir)
     write_json(output_dir / "report.json", report)
-    table = markdown_table(report["models"], args.budget_grid)
+    table = markdown_table(report["models"], grid)
     (output_dir / "report.md").write_text(table, encoding="utf-8")
     from cotx_rl.plots import save_plots
 
@@ -290,9 +264,7 @@ def main(args: EvalArguments) -> dict:
 def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path]) -> None:
     import wandb
 
-    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
-        os.environ["WANDB_MODE"] = "offline"
-        logger.warning("WANDB_API_KEY is not set: the eval run is logged offline; upload it with `wandb sync`.")
+    configure_wandb(args.report_to, args.output_dir)
     run = wandb.init(
         project=args.wandb_project,
         name=args.run_name or Path(args.output_dir).name,
@@ -316,9 +288,9 @@ def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((EvalArguments,))
+    return make_parser(EvalArguments, RunArguments)
 
 
 if __name__ == "__main__":

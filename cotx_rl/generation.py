@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from cotx_rl.budget import THINK_END, THINK_START
+from cotx_rl.chat import render_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,6 @@ def _only(scores, rows, token_id: int) -> None:
         scores[rows] = forced
 
 
-def chat_prompts(tokenizer: Any, user_texts: list[str]) -> list[str]:
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        for text in user_texts
-    ]
-
-
 def generate(
     model: Any,
     tokenizer: Any,
@@ -85,7 +79,7 @@ def generate(
     from transformers import LogitsProcessorList
 
     tokenizer.padding_side = "left"
-    prompts = chat_prompts(tokenizer, user_texts)
+    prompts = render_prompts(tokenizer, user_texts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ids: list[list[int]] = [[] for _ in prompts]
@@ -156,7 +150,7 @@ class VLLMGenerator:
     ) -> tuple[list[str], list[list[int]]]:
         from vllm import SamplingParams
 
-        prompts = chat_prompts(tokenizer, user_texts)
+        prompts = render_prompts(tokenizer, user_texts)
         if close_thought_at is None:
             outputs = self.llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
             return [o.outputs[0].text for o in outputs], [list(o.outputs[0].token_ids) for o in outputs]

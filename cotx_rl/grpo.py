@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rewards
-from cotx_rl.budget import BUDGET_MODES, render_prompt
-from cotx_rl.compress import check_grid
+from cotx_rl.budget import BudgetSettingError, check_mode_proportions
+from cotx_rl.chat import prompt_messages
+from cotx_rl.config import RunArguments
 from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns
-from cotx_rl.student import configure_tracking, load_tokenizer, lora_config, train_and_save
+from cotx_rl.models import check_model_source, load_policy, load_tokenizer
+from cotx_rl.tracking import configure_wandb
+from cotx_rl.training import train_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +35,6 @@ class GRPOScriptArguments:
     sft_model_path: str = field(metadata={"help": "The SFT stage's output: a full model or a LoRA adapter folder."})
     problems_path: str = field(
         metadata={"help": "Training problems (`question`, `answer`); `budget_mode`/`budget_tokens` are kept if there."}
-    )
-    budget_grid: list[int] = field(
-        default_factory=lambda: [24, 48, 72, 96], metadata={"help": "Budgets drawn for exact and max prompts."}
     )
     mode_proportions: JSONDict = field(
         default_factory=lambda: JSONDict({"exact": 0.4, "max": 0.3, "auto": 0.3}),
@@ -48,22 +48,16 @@ class GRPOScriptArguments:
         default_factory=JSONDict,
         metadata={"help": "Per-reward constructor parameters: {reward name: {param: value}} (JSON on the CLI)."},
     )
-    answer_tokens: int = field(
-        default=16,
-        metadata={
-            "help": "Tokens reserved after the thought (tags, answer, EOS) when checking max_completion_length."
-        },
-    )
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems only."})
 
     def __post_init__(self):
-        check_grid(self.budget_grid)
-        unknown = set(self.mode_proportions) - set(BUDGET_MODES)
-        if unknown or not sum(self.mode_proportions.values()):
-            raise StageInputError(f"mode_proportions {self.mode_proportions!r} must give shares to exact, max, auto.")
+        try:
+            self.mode_proportions = JSONDict(check_mode_proportions(self.mode_proportions))
+        except BudgetSettingError as error:
+            raise StageInputError(str(error)) from error
 
 
-def budgeted_prompts(rows: list[dict], args: GRPOScriptArguments, seed: int) -> list[dict]:
+def budgeted_prompts(rows: list[dict], args: GRPOScriptArguments, grid: list[int], seed: int) -> list[dict]:
     """Rows with a drawn (or given) mode and budget, and the chat prompt that asks for it."""
     rng = random.Random(seed)
     modes, weights = zip(*args.mode_proportions.items())
@@ -72,15 +66,12 @@ def budgeted_prompts(rows: list[dict], args: GRPOScriptArguments, seed: int) -> 
         mode = row.get("budget_mode") or rng.choices(modes, weights)[0]
         budget = row.get("budget_tokens") if row.get("budget_mode") else None
         if mode != "auto" and budget is None:
-            budget = rng.choice(args.budget_grid)
-        if mode != "auto" and budget not in args.budget_grid:
-            raise StageInputError(
-                f"Row {row.get('id')!r} asks for budget {budget}, outside budget_grid {args.budget_grid}."
-            )
-        out.append(
-            {**row, "budget_mode": mode, "budget_tokens": budget if mode != "auto" else None,
-             "prompt": [{"role": "user", "content": render_prompt(row["question"], mode, budget)}]}
-        )  # fmt: skip
+            budget = rng.choice(grid)
+        if mode != "auto" and budget not in grid:
+            raise StageInputError(f"Row {row.get('id')!r} asks for budget {budget}, outside budget_grid {grid}.")
+        budget = budget if mode != "auto" else None
+        out.append({**row, "budget_mode": mode, "budget_tokens": budget,
+                    "prompt": prompt_messages(row["question"], mode, budget)})  # fmt: skip
     return out
 
 
@@ -104,8 +95,13 @@ def build_rewards(args: GRPOScriptArguments, tokenizer) -> list:
     return built
 
 
-def check_settings(args: GRPOScriptArguments, training_args, num_processes: int) -> None:
+def check_settings(args: GRPOScriptArguments, training_args, run_args: RunArguments, num_processes: int) -> None:
     """The checks that fail before training: each names the value that is wrong."""
+    if training_args.num_generations is None or training_args.num_generations < 2:
+        raise StageInputError(
+            f"num_generations must be at least 2 (GRPO compares completions within a group), got "
+            f"{training_args.num_generations}."
+        )
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(args.reward_funcs):
         raise StageInputError(
@@ -120,45 +116,33 @@ def check_settings(args: GRPOScriptArguments, training_args, num_processes: int)
             f"{training_args.gradient_accumulation_steps} accumulation = {global_batch}) is not divisible by "
             f"num_generations={training_args.num_generations}."
         )
-    needed = max(args.budget_grid) + args.answer_tokens
+    grid = run_args.budget_grid
+    needed = max(grid) + run_args.answer_tokens
     if training_args.max_completion_length < needed:
         raise StageInputError(
             f"max_completion_length={training_args.max_completion_length} is shorter than the largest budget "
-            f"({max(args.budget_grid)}) plus the answer ({args.answer_tokens} tokens): set it to at least {needed}."
+            f"({max(grid)}) plus the answer ({run_args.answer_tokens} tokens): set it to at least {needed}."
         )
     if not Path(args.sft_model_path).is_dir():
         raise StageInputError(f"SFT checkpoint {args.sft_model_path!r} does not exist; run the sft stage first.")
 
 
-def load_policy(path: str, model_args):
-    """The SFT student to train: a full model, or a LoRA adapter on its base (kept trainable)."""
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True), None
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {"dtype": model_args.dtype or "auto"}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return model, lora_config(model_args, model)
-
-
-def main(script_args: GRPOScriptArguments, training_args, model_args):
+def main(script_args: GRPOScriptArguments, training_args, model_args, run_args: RunArguments | None = None):
     from accelerate import PartialState
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    check_settings(script_args, training_args, PartialState().num_processes)
+    run_args = run_args or RunArguments()
+    check_settings(script_args, training_args, run_args, PartialState().num_processes)
+    check_model_source(script_args.sft_model_path, "sft_model_path")
     rows = read_rows(script_args.problems_path, "GRPO problems")
     require_columns(rows, ["question", "answer"], f"GRPO problems {script_args.problems_path!r}")
     rows = rows[: script_args.num_problems] if script_args.num_problems else rows
     tokenizer = load_tokenizer(script_args.sft_model_path)
     reward_funcs = build_rewards(script_args, tokenizer)
-    dataset = Dataset.from_list(budgeted_prompts(rows, script_args, training_args.seed))
+    dataset = Dataset.from_list(budgeted_prompts(rows, script_args, run_args.budget_grid, training_args.seed))
     model, peft_config = load_policy(script_args.sft_model_path, model_args)
-    configure_tracking(training_args)
+    configure_wandb(training_args.report_to, training_args.output_dir)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -171,9 +155,11 @@ def main(script_args: GRPOScriptArguments, training_args, model_args):
 
 
 def make_parser():
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl import GRPOConfig, ModelConfig
 
-    return TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    from cotx_rl.config import make_parser
+
+    return make_parser(GRPOScriptArguments, GRPOConfig, ModelConfig, RunArguments)
 
 
 if __name__ == "__main__":

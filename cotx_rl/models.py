@@ -1,18 +1,18 @@
-"""Loading students: the embedded one built from a config, or any causal LM by name or path (full or LoRA).
+"""The one place that loads students and tokenizers: the embedded student built from a config, or any causal LM by
+name or path, full or as a LoRA adapter on its base.
 
-Also the pieces every training stage shares: the budget markers added to a tokenizer that lacks them, rendering rows
-as chat prompts and completions, and the W&B default of running offline without an API key.
+Every stage loads through here, so that a tokenizer always has a pad token, a chat template and the budget markers,
+and a LoRA adapter is handled the same way in training, in GRPO and in evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotx_rl.budget import SPECIAL_MARKERS, render_completion, render_prompt
+from cotx_rl.budget import SPECIAL_MARKERS, resolve_tokenizer
 from cotx_rl.io import StageInputError, looks_like_local_path
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ class EmbeddedStudentArguments:
     student_hidden_size: int = field(default=128, metadata={"help": "Embedded student: hidden size."})
     student_num_layers: int = field(default=4, metadata={"help": "Embedded student: transformer layers."})
     student_num_heads: int = field(default=4, metadata={"help": "Embedded student: attention heads."})
+
+
+def is_adapter(path: str | Path) -> bool:
+    """Whether a folder holds a LoRA adapter (PEFT's `adapter_config.json`) rather than a full model."""
+    return (Path(path) / "adapter_config.json").exists()
 
 
 def check_model_source(name: str | None, what: str = "model_name_or_path") -> None:
@@ -57,13 +62,15 @@ def add_budget_markers(tokenizer, model=None) -> list[int]:
 
 
 def load_tokenizer(name_or_path: str):
+    """The student's tokenizer: the embedded one, or one by name or path with a pad token and a chat template."""
     if name_or_path == EMBEDDED:
         from cotx_rl.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = resolve_tokenizer(name_or_path)
+    except ValueError as error:
+        raise StageInputError(str(error)) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -71,8 +78,17 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def _pretrained_kwargs(model_args) -> dict:
+    kwargs = {"dtype": getattr(model_args, "dtype", None) or "auto"}
+    if getattr(model_args, "model_revision", None):
+        kwargs["revision"] = model_args.model_revision
+    if getattr(model_args, "attn_implementation", None):
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return kwargs
+
+
 def load_student(model_args, embedded: EmbeddedStudentArguments | None = None, seed: int = 0) -> tuple[Any, Any]:
-    """`(model, tokenizer)` for training: the embedded student from scratch, or a pretrained causal LM.
+    """`(model, tokenizer)` for SFT: the embedded student from scratch, or a pretrained causal LM.
 
     The tokenizer gets the budget markers; the model's embeddings are resized to match.
     """
@@ -93,10 +109,7 @@ def load_student(model_args, embedded: EmbeddedStudentArguments | None = None, s
     else:
         from transformers import AutoModelForCausalLM
 
-        kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype or "auto"}
-        if model_args.attn_implementation:
-            kwargs["attn_implementation"] = model_args.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **_pretrained_kwargs(model_args))
     added = add_budget_markers(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -115,78 +128,34 @@ def lora_config(model_args, model) -> Any:
     return config
 
 
-def chat_example(row: dict, budgeted: bool = True) -> dict:
-    """A row as TRL's conversational prompt-completion pair, per DESIGN.md's budget format."""
-    mode = row.get("budget_mode") if budgeted else None
-    budget = row.get("budget_tokens") if budgeted else None
-    return {
-        "prompt": [{"role": "user", "content": render_prompt(row["question"], mode, budget)}],
-        "completion": [
-            {
-                "role": "assistant",
-                "content": render_completion(row["reasoning"], row.get("response") or "", mode, budget),
-            }
-        ],
-    }
+def load_policy(path: str, model_args) -> tuple[Any, Any]:
+    """`(model, peft_config)` for GRPO from the SFT output: a LoRA adapter on its base (kept trainable), or a full model
+    (with a new LoRA config when the recipe asks for one)."""
+    if is_adapter(path):
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(
+            path, is_trainable=True, **_pretrained_kwargs(model_args)
+        ), None
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, **_pretrained_kwargs(model_args))
+    return model, lora_config(model_args, model)
 
 
-def configure_tracking(training_args) -> None:
-    """W&B runs offline without an API key (a run folder `wandb sync` uploads later); say so once."""
-    report_to = training_args.report_to or []
-    report_to = [report_to] if isinstance(report_to, str) else report_to
-    if "wandb" not in report_to:
-        return
-    os.environ.setdefault("WANDB_DIR", str(Path(training_args.output_dir)))
-    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
-        os.environ["WANDB_MODE"] = "offline"
-        logger.warning(
-            "WANDB_API_KEY is not set: W&B runs offline in %s/wandb; upload later with `wandb sync`. "
-            "Set `report_to: none` to turn tracking off.",
-            os.environ["WANDB_DIR"],
-        )
+def load_for_inference(path: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """`(model, tokenizer)` for generation from a full model folder or a LoRA adapter folder (merged onto its base)."""
+    import torch
 
+    check_model_source(path, "model path")
+    if is_adapter(path):
+        from peft import AutoPeftModelForCausalLM
 
-def resume_checkpoint(training_args) -> str | bool | None:
-    """What `Trainer.train(resume_from_checkpoint=...)` should get.
-
-    `resume_from_checkpoint: true` resumes from the last checkpoint in `output_dir` when there is one and starts
-    fresh when there is none, so a recipe (or a pipeline rerun after a crash) can always set it.
-    """
-    value = training_args.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if value is not True:
-        return value or None
-    last = last_complete_checkpoint(training_args.output_dir)
-    if last is None:
-        logger.info("No checkpoint in %s yet: starting from the beginning.", training_args.output_dir)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
     else:
-        logger.info("Resuming from %s.", last)
-    return last
+        from transformers import AutoModelForCausalLM
 
-
-def train_and_save(trainer, tokenizer, training_args):
-    """Train (resuming per [`resume_checkpoint`]), then save the model and, once, the tokenizer with its markers."""
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return trainer
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` in `output_dir` that has its `trainer_state.json`.
-
-    The Trainer writes that file last, so a run killed while saving leaves a folder without it; resuming from such a
-    folder fails, so it is skipped (with a warning) in favour of the one before.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
-    for partial in sorted(set(found) - set(complete)):
-        logger.warning("Skipping %s: a run stopped while writing it (no trainer_state.json).", partial)
-    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")))) if complete else None
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), load_tokenizer(path)

@@ -13,15 +13,11 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from cotx_rl.chat import chat_example
 from cotx_rl.io import StageInputError, read_rows, require_columns
-from cotx_rl.student import (
-    EmbeddedStudentArguments,
-    chat_example,
-    configure_tracking,
-    load_student,
-    lora_config,
-    train_and_save,
-)
+from cotx_rl.models import EmbeddedStudentArguments, load_student, lora_config
+from cotx_rl.tracking import configure_wandb
+from cotx_rl.training import train_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +76,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
     model, tokenizer = load_student(model_args, embedded_args, seed=training_args.seed)
     dataset = build_dataset(rows, script_args.budgeted).shuffle(seed=training_args.seed)
     dataset = check_lengths(dataset, tokenizer, training_args.max_length, script_args.drop_long_examples)
-    configure_tracking(training_args)
+    configure_wandb(training_args.report_to, training_args.output_dir)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -92,9 +88,11 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
 
 
 def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
 
-    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig, EmbeddedStudentArguments))
+    from cotx_rl.config import make_parser
+
+    return make_parser(SFTScriptArguments, SFTConfig, ModelConfig, EmbeddedStudentArguments)
 
 
 if __name__ == "__main__":

@@ -105,9 +105,9 @@ def test_lora_sft_adds_markers_and_trains_their_embeddings(data, bpe_tokenizer, 
     run_sft(argv)
     adapter = json.loads((output / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["trainable_token_indices"]
-    from cotx_rl.eval import load_eval_model
+    from cotx_rl.models import load_for_inference
 
-    model, tokenizer = load_eval_model(str(output))
+    model, tokenizer = load_for_inference(str(output))
     assert all(marker in tokenizer.get_vocab() for marker in SPECIAL_MARKERS)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
 
