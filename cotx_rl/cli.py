@@ -36,6 +36,8 @@ def run_stage(stage: str, argv: list[str]):
     module = importlib.import_module(f"cotx_rl.{stage}")
     try:
         parsed = module.make_parser().parse_args_and_config(argv)
+    except StageInputError:
+        raise
     except ValueError as error:  # a bad value in the recipe: the config classes (ours and TRL's) name it
         raise StageInputError(f"bad recipe or flags: {error}") from error
     return module.main(*parsed)
@@ -72,3 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cotx-rl {stage}: {error}\n")
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,11 +3,15 @@
 The recipe lists the stages, each with its own stage recipe (so every stage also runs alone):
 
 ```yaml
-output_dir: outputs/tiny
+include: run.yaml          # output_root, budget_grid, answer_tokens, seed: the run-level settings
 stages:
   - {id: problems, stage: problems, config: recipes/tiny/problems.yaml}
   - {id: full_cot, stage: sft, config: recipes/tiny/full_cot.yaml, args: ["--num_train_epochs", "1"]}
 ```
+
+Run-level settings given to the pipeline (`--output_root`, `--budget_grid`, `--answer_tokens`, `--seed`, on the command
+line or in its recipe) reach every stage that uses them, so `cotx-rl pipeline --config ... --seed 1 --output_root
+outputs/tiny-seed1` is a second run of everything with another seed, in its own folder.
 
 A stage is done once it has finished: the pipeline then writes `<output_dir>/.done/<id>`. A rerun after a crash
 continues at the first stage not done (a training stage killed mid-way resumes from its last checkpoint when its
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cotx_rl.cli import STAGES, run_stage
+from cotx_rl.config import declared_keys
 from cotx_rl.io import StageInputError, write_json
 
 logger = logging.getLogger(__name__)
@@ -39,7 +44,21 @@ logger = logging.getLogger(__name__)
 class PipelineArguments:
     """Every field is a key of a pipeline recipe."""
 
-    output_dir: str = field(metadata={"help": "Root folder of the run; `.done/` markers and timings go here."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Folder for the `.done/` markers and timings (default: output_root)."}
+    )
+    output_root: str | None = field(
+        default=None, metadata={"help": "Run-level: the run's output folder, `${output_root}` in every stage recipe."}
+    )
+    budget_grid: list[int] | None = field(
+        default=None, metadata={"help": "Run-level: the budget grid, passed to every stage that uses one."}
+    )
+    answer_tokens: int | None = field(
+        default=None, metadata={"help": "Run-level: the answer allowance, passed to every stage that uses one."}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "Run-level: the seed, passed to every stage that takes one."}
+    )
     stages: list[dict] = field(
         default_factory=list,
         metadata={
@@ -52,6 +71,9 @@ class PipelineArguments:
     until: str | None = field(default=None, metadata={"help": "Stop after this stage id (default: run them all)."})
 
     def __post_init__(self):
+        self.output_dir = self.output_dir or self.output_root
+        if not self.output_dir:
+            raise StageInputError("A pipeline recipe needs output_root (or output_dir) for its markers and timings.")
         if not self.stages:
             raise StageInputError("A pipeline recipe needs a non-empty `stages` list.")
         ids = []
@@ -73,15 +95,32 @@ class PipelineArguments:
                 raise StageInputError(f"{key} {getattr(self, key)!r} is not a stage id of this pipeline ({ids}).")
 
 
-def stage_argv(spec: dict) -> list[str]:
-    return ["--config", spec["config"], *[str(a) for a in spec.get("args", [])]]
+FORWARDED_KEYS = ("budget_grid", "answer_tokens", "seed")
 
 
-def run_in_subprocess(spec: dict) -> None:
+def run_level_flags(args: PipelineArguments, stage: str) -> list[str]:
+    """The pipeline's run-level settings as flags for one stage: those it declares, and the output root."""
+    import importlib
+
+    declared = declared_keys(importlib.import_module(f"cotx_rl.{stage}").make_parser())
+    flags = ["--output_root", args.output_root] if args.output_root else []
+    for key in FORWARDED_KEYS:
+        value = getattr(args, key)
+        if value is not None and key in declared:
+            flags += [f"--{key}", *(str(v) for v in value)] if isinstance(value, list) else [f"--{key}", str(value)]
+    return flags
+
+
+def stage_argv(spec: dict, run_flags: list[str] = ()) -> list[str]:
+    """The stage's own recipe, then the run-level flags, then the stage's `args` (which win)."""
+    return ["--config", spec["config"], *run_flags, *[str(a) for a in spec.get("args", [])]]
+
+
+def run_in_subprocess(spec: dict, argv: list[str]) -> None:
     command = ["accelerate", "launch"]
     if spec.get("accelerate_config"):
         command += ["--config_file", spec["accelerate_config"]]
-    command += ["-m", f"cotx_rl.{spec['stage']}", *stage_argv(spec)]
+    command += ["-m", f"cotx_rl.{spec['stage']}", *argv]
     logger.info("Running %s", shlex.join(command))
     completed = subprocess.run(command, check=False)
     if completed.returncode:
@@ -103,12 +142,13 @@ def main(args: PipelineArguments) -> dict[str, float]:
                 break
             continue
         marker.unlink(missing_ok=True)
-        logger.info("Stage %s: %s %s", spec["id"], spec["stage"], shlex.join(stage_argv(spec)))
+        argv = stage_argv(spec, run_level_flags(args, spec["stage"]))
+        logger.info("Stage %s: %s %s", spec["id"], spec["stage"], shlex.join(argv))
         started = time.perf_counter()
         if spec.get("launcher", "python") == "accelerate":
-            run_in_subprocess(spec)
+            run_in_subprocess(spec, argv)
         else:
-            run_stage(spec["stage"], stage_argv(spec))
+            run_stage(spec["stage"], argv)
         timings[spec["id"]] = round(time.perf_counter() - started, 1)
         marker.write_text(f"{timings[spec['id']]}\n", encoding="utf-8")
         logger.info("Stage %s done in %.1f s.", spec["id"], timings[spec["id"]])
@@ -122,9 +162,9 @@ def main(args: PipelineArguments) -> dict[str, float]:
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((PipelineArguments,))
+    return make_parser(PipelineArguments)
 
 
 if __name__ == "__main__":

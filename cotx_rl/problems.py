@@ -200,9 +200,9 @@ def main(args: ProblemsArguments) -> dict[str, Path]:
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((ProblemsArguments,))
+    return make_parser(ProblemsArguments)
 
 
 if __name__ == "__main__":

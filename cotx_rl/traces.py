@@ -54,9 +54,9 @@ class TracesArguments:
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((TracesArguments, TeacherArguments))
+    return make_parser(TracesArguments, TeacherArguments)
 
 
 def load_problems(path: str, limit: int | None) -> list[dict]:

@@ -70,9 +70,9 @@ def main(args: VerifyArguments) -> dict:
 
 
 def make_parser():
-    from trl import TrlParser
+    from cotx_rl.config import make_parser
 
-    return TrlParser((VerifyArguments,))
+    return make_parser(VerifyArguments)
 
 
 if __name__ == "__main__":

@@ -343,6 +343,14 @@ def render() -> str:
         '  TOKENIZERS_PARALLELISM: "false"',
         "```",
         "",
+        "Run-level settings are written once per run: a recipe folder's `run.yaml` holds `output_root`, "
+        "`budget_grid`, `answer_tokens`, `seed` (and a shared `env:`), and every stage recipe of the folder says "
+        "`include: run.yaml` (a path relative to the recipe). An included key reaches every stage that has it and is "
+        "ignored by the others; the recipe's own keys win over it, and flags over both. `${output_root}` in any "
+        "string value, in a recipe or a flag, is replaced by the run's `output_root` (`--output_root` on the command "
+        "line moves a whole run). The keys of [`RunArguments`](#runarguments) are those settings; `cotx-rl pipeline` "
+        "passes its own `output_root`, `budget_grid`, `answer_tokens` and `seed` on to every stage that takes them.",
+        "",
         "| stage | what it does |",
         "|---|---|",
     ]

@@ -8,6 +8,7 @@ from cotx_rl.arithmetic import make_problems, parse_question
 from cotx_rl.budget import count_reasoning_tokens
 from cotx_rl.compress import CompressArguments, plan_modes
 from cotx_rl.compressors import PruneCompressor, RewriteCompressor, TruncateCompressor
+from cotx_rl.config import RunArguments
 from cotx_rl.io import StageInputError, read_rows, write_rows
 from cotx_rl.steps import leads_to_answer, split_steps, supporting_steps
 from cotx_rl.teachers.procedural import ProceduralTeacher
@@ -26,10 +27,8 @@ def traces():
 def compressed(tmp_path_factory, traces):
     folder = tmp_path_factory.mktemp("compress")
     write_rows(folder / "kept.jsonl", traces)
-    args = CompressArguments(
-        traces_path=str(folder / "kept.jsonl"), output_path=str(folder / "examples.jsonl"), budget_grid=GRID
-    )
-    stats = compress.main(args)
+    args = CompressArguments(traces_path=str(folder / "kept.jsonl"), output_path=str(folder / "examples.jsonl"))
+    stats = compress.main(args, run_args=RunArguments(budget_grid=GRID))
     return read_rows(folder / "examples.jsonl"), stats, json.loads((folder / "examples_stats.json").read_text())
 
 
@@ -145,7 +144,7 @@ def test_chain_support_needs_every_operation(traces):
 @pytest.mark.parametrize("grid", [[], [0, 24], [48, 24], [24, 24], [-8]])
 def test_bad_grid_is_refused(grid):
     with pytest.raises(StageInputError, match="budget_grid"):
-        CompressArguments(traces_path="x", output_path="y.jsonl", budget_grid=grid)
+        RunArguments(budget_grid=grid)
 
 
 def test_bad_inputs_name_the_value(tmp_path):

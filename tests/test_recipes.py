@@ -39,7 +39,10 @@ STAGE_OF_FILE = {
 TRAINING_STAGES = ("sft", "grpo")
 # The keys of one entry of a pipeline recipe's `stages` (see cotx_rl.pipeline).
 PIPELINE_STAGE_KEYS = {"id", "stage", "config", "args", "launcher", "accelerate_config"}
-STAGE_RECIPES = sorted(path for path in RECIPES.glob("*/*.yaml") if path.parent != ACCELERATE_DIR)
+RUN_FILE = "run.yaml"  # a folder's run-level settings, included by its stage recipes
+STAGE_RECIPES = sorted(
+    path for path in RECIPES.glob("*/*.yaml") if path.parent != ACCELERATE_DIR and path.name != RUN_FILE
+)
 ACCELERATE_CONFIGS = sorted(ACCELERATE_DIR.glob("*.yaml"))
 
 
@@ -85,8 +88,10 @@ def parse_recipe(path: Path, stage: str) -> tuple:
 
 
 def recipe_keys(path: Path) -> dict:
+    """A recipe's own keys (not those of its include, nor `include`, `env` and `output_root`)."""
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    config.pop("env", None)
+    for key in ("env", "include", "output_root"):
+        config.pop(key, None)
     return config
 
 
@@ -131,7 +136,8 @@ def test_a_misspelled_key_fails(tmp_path, stage, recipe, typo):
     config[typo] = 1
     path = tmp_path / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with pytest.raises(ValueError, match=typo):
+    (tmp_path / RUN_FILE).write_text((RECIPES / recipe).with_name(RUN_FILE).read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match=f"unknown key {typo!r}"):
         parse_recipe(path, stage)
 
 
@@ -139,7 +145,7 @@ def test_a_misspelled_key_fails(tmp_path, stage, recipe, typo):
 def test_grpo_reward_kwargs_are_constructor_parameters(path):
     from rewards.registry import resolve
 
-    (script_args, _, _) = parse_recipe(path, "grpo")
+    script_args = parse_recipe(path, "grpo")[0]
     for name in script_args.reward_funcs:
         resolve(name)  # an unknown reward name fails here, not hours into a run
     for name, params in script_args.reward_kwargs.items():
@@ -174,36 +180,38 @@ def test_pipeline_stages_fit_their_recipes_and_launchers(folder):
 
 def check_grpo_batch(recipe: Path, accelerate_config: str | None) -> None:
     """What `cotx_rl.grpo.check_settings` checks at launch, with the process count of the launcher config."""
-    script_args, training_args, _ = parse_recipe(recipe, "grpo")
+    _, training_args, _, run_args = parse_recipe(recipe, "grpo")
     processes = yaml.safe_load(Path(accelerate_config).read_text())["num_processes"] if accelerate_config else 1
     completions = training_args.per_device_train_batch_size * processes * training_args.gradient_accumulation_steps
     assert completions % training_args.num_generations == 0, (recipe, completions, training_args.num_generations)
-    needed = max(script_args.budget_grid) + script_args.answer_tokens
+    needed = max(run_args.budget_grid) + run_args.answer_tokens
     assert training_args.max_completion_length >= needed, (recipe, training_args.max_completion_length, needed)
 
 
-def budget_grid(path: Path) -> list[int]:
-    """The recipe's budget grid, or its stage's default (read without parsing, so one broken parser stays one failure)."""
-    generator = load_generator()
-    script_class = next(
-        c for c in generator.stage_dataclasses(STAGE_OF_FILE[path.stem]) if generator.is_project_dataclass(c)
-    )
-    default = {f.name: f for f in dataclasses.fields(script_class)}["budget_grid"].default_factory()
-    return recipe_keys(path).get("budget_grid", default)
-
-
 @pytest.mark.parametrize("folder", sorted({p.parent.name for p in STAGE_RECIPES}))
-def test_a_recipe_folder_uses_one_budget_grid(folder):
-    grids = {
-        name: budget_grid(path)
-        for name in ("compress", "grpo", "eval")
-        if (path := RECIPES / folder / f"{name}.yaml").exists()
-    }
-    assert len({tuple(grid) for grid in grids.values()}) <= 1, grids
+def test_run_level_settings_are_written_once_per_folder(folder):
+    from cotx_rl.config import RUN_LEVEL_KEYS
+
+    run_file = RECIPES / folder / RUN_FILE
+    run_settings = yaml.safe_load(run_file.read_text(encoding="utf-8"))
+    run_keys = set(run_settings)
+    assert run_keys <= {*RUN_LEVEL_KEYS, "env"}, run_keys
+    assert {"output_root", "budget_grid", "answer_tokens"} <= run_keys
+    for path in (RECIPES / folder).glob("*.yaml"):
+        if path.name == RUN_FILE:
+            continue
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert raw.get("include") == RUN_FILE, f"{recipe_id(path)} does not include {RUN_FILE}"
+        assert not set(raw) & (set(RUN_LEVEL_KEYS) - {"output_root"}), f"{recipe_id(path)} repeats a run-level key"
+        assert run_settings["output_root"] not in path.read_text(encoding="utf-8"), (
+            f"{recipe_id(path)} writes the output root by hand; use ${{output_root}}"
+        )
     sft = parsed_recipe(folder, "sft")
-    if sft is not None and "compress" in grids and sft[1].max_length is not None:
+    compress_run = parsed_recipe(folder, "compress")
+    if sft is not None and compress_run is not None and sft[1].max_length is not None:
         # The longest examples hold the largest budget of thinking tokens, plus the prompt and the answer.
-        assert sft[1].max_length > max(grids["compress"]), (sft[1].max_length, grids["compress"])
+        grid = compress_run[-1].budget_grid
+        assert sft[1].max_length > max(grid), (sft[1].max_length, grid)
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
