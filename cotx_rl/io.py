@@ -207,12 +207,15 @@ def _parse_jsonl_line(raw: bytes, number: int, name: str) -> dict | None:
 
 
 def _describe_value(value: Any) -> str:
+    """`null`, `empty`, `'text'`, or the kind of a value that is not text: `a number (5)`, `a list ([1, 2])`."""
     if value is None:
         return "null"
     if isinstance(value, str):
         return "empty" if not value.strip() else repr(value)
+    kind = {bool: "a boolean", list: "a list", dict: "an object"}.get(type(value))
+    kind = kind or ("a number" if isinstance(value, numbers.Number) else f"a {type(value).__name__}")
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    return f"a {type(value).__name__} ({shown}), not text"
+    return f"{kind} ({shown}), not text"
 
 
 def refuse_rows(rows: Sequence[dict], bad: list[tuple[int, str]], advice: str, what: str | None = None) -> None:
