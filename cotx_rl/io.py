@@ -141,12 +141,13 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 def load_dataset_file(path: str | os.PathLike, what: str = "Input file"):
     """A `datasets.Dataset` from a local JSONL, JSON, Parquet or CSV file."""
     import datasets
+    import pyarrow
 
     path = require_file(path, what)
     builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]
     try:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except datasets.exceptions.DatasetGenerationError as error:  # a malformed file; the cause says what is wrong
+    except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as error:  # a malformed file
         cause = error.__cause__ or error
         raise StageInputError(f"{what} {str(path)!r} cannot be read as {path.suffix[1:]}: {cause}") from error
     if len(dataset) == 0:

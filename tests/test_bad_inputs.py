@@ -110,6 +110,13 @@ def test_a_torn_multibyte_line_read_by_verify_is_named(tmp_path, capsys):
     one_line(code, err, "verify", f"Traces file '{data}' line 2 is not UTF-8 text")
 
 
+def test_a_file_that_is_not_parquet_is_named(tmp_path, capsys):
+    data = tmp_path / "p.parquet"
+    data.write_bytes(b"PAR1 cut short by a copy")
+    code, err = run_cli(capsys, "traces", "--problems_path", data, "--output_path", tmp_path / "t.jsonl")
+    one_line(code, err, "traces", f"Problems file '{data}' cannot be read as parquet")
+
+
 def test_rows_keep_their_line_numbers(tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"id": "a"}, {"id": "b"}])
     data.write_bytes(data.read_bytes().replace(b"\n", b"\n\n", 1))  # a blank line holds no row
