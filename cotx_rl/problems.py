@@ -166,17 +166,20 @@ def to_problem_rows(records: Rows, args: ProblemsArguments) -> Rows:
         bad = [(i, f"{args.id_column} is null") for i, record in enumerate(records) if record[args.id_column] is None]
         refuse_rows(records, bad, "give every row an id, or drop id_column to have ids made up")
     kept, line_numbers = [], []
-    dropped: dict[str, list[int]] = {"without a question": [], "without a readable gold answer": []}
+    dropped: dict[str, list[int]] = {
+        "without a question (null, empty or not text)": [],
+        "without a readable gold answer": [],
+    }
     for record, number in zip(records, records.line_numbers):
         question = record[args.question_column]
         gold = read_gold(record, args)
         if not isinstance(question, str) or not question.strip():
-            dropped["without a question"].append(number)
+            dropped["without a question (null, empty or not text)"].append(number)
             continue
         if gold is None:
             dropped["without a readable gold answer"].append(number)
             continue
-        row = dict(record)
+        row = {"id": None, **record}  # id first for people who read the file; made up later when not given
         row.update(
             question=question,
             answer=gold,

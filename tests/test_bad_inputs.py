@@ -311,7 +311,7 @@ def test_problems_reads_number_golds_and_counts_every_drop(tmp_path, caplog):
     assert [(row["question"], row["answer"]) for row in written] == [
         ("What is 40 + 2?", "42"), ("What is half of 1?", "0.5"), ("What is 3 + 4?", "7"), ("What is 2 + 2?", "4"),
     ]  # fmt: skip
-    assert "dropped 1 rows without a question (line 4)" in caplog.text
+    assert "dropped 1 rows without a question (null, empty or not text) (line 4)" in caplog.text
     assert "dropped 1 rows without a readable gold answer (line 5)" in caplog.text
 
 
