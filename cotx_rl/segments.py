@@ -211,21 +211,31 @@ def _reward():
     return correctness_reward
 
 
-def _gold_values(gold: str) -> set[str]:
-    return _values(gold) - {""}
+_FORMAT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname|d?frac|left|right)\b")
 
 
-def _could_state(text: str, gold_values: set[str]) -> bool:
-    """A cheap filter before the verifier: a text can state a gold with numbers only if it writes those numbers."""
-    if not gold_values:
-        return bool(_MATH_HINT.search(text)) or len(text) < 400
-    return gold_values <= _values(text)
+def _gold_signature(gold: str) -> tuple[set[str], list[str]]:
+    """What a text must write to state `gold`: its numbers, or for a gold without numbers its words (`\\pi` is pi)."""
+    values = _values(gold)
+    words = [] if values else re.findall(r"[a-z]+", _FORMAT_COMMAND.sub(" ", gold.lower()))
+    return values, words
+
+
+def _could_state(text: str, signature: tuple[set[str], list[str]]) -> bool:
+    """A cheap filter before the verifier (whose symbolic comparisons run in a process pool): a text can state a gold
+    only if it writes the gold's numbers (`0.25` for `1/4` is missed; the conclusion search does without the filter
+    when it finds nothing)."""
+    values, words = signature
+    if values:
+        return values <= _values(text)
+    lowered = text.lower()
+    return all(word in lowered for word in words)
 
 
 def states_gold(gold: str, texts: Sequence[str], prefilter: bool = True) -> list[bool]:
     """Whether the verifier reads `gold` as the answer of each text (one batched call; cheap filter first)."""
-    gold_values = _gold_values(gold)
-    candidates = [i for i, t in enumerate(texts) if not prefilter or _could_state(t, gold_values)]
+    signature = _gold_signature(gold)
+    candidates = [i for i, t in enumerate(texts) if not prefilter or _could_state(t, signature)]
     result = [False] * len(texts)
     if candidates:
         scores = _reward().score([gold] * len(candidates), [texts[i] for i in candidates])
@@ -257,16 +267,21 @@ def reaches_answer(reasoning: str, gold: str, segments: Sequence[Segment] | None
 
 
 def find_conclusion(gold: str, texts: Sequence[str]) -> int | None:
-    """Index of the last text that states `gold`, scanning from the end a chunk at a time, or None."""
+    """Index of the last text that states `gold`, or None.
+
+    Scans from the end a chunk at a time with the cheap filter of [`states_gold`]; when that finds nothing, the last
+    chunk is read again by the verifier alone, for a gold written another way (`0.25` for `\\frac{1}{4}`).
+    """
     end = len(texts)
     while end > 0:
         start = max(0, end - CONCLUSION_CHUNK)
         found = states_gold(gold, texts[start:end])
-        for offset in range(end - start - 1, -1, -1):
-            if found[offset]:
-                return start + offset
+        if any(found):
+            return start + max(i for i, f in enumerate(found) if f)
         end = start
-    return None
+    start = max(0, len(texts) - CONCLUSION_CHUNK)
+    found = states_gold(gold, texts[start:], prefilter=False)
+    return start + max(i for i, f in enumerate(found) if f) if any(found) else None
 
 
 # ------------------------------------------------------------------------------------------------------- analysis

@@ -193,7 +193,6 @@ def load_traces(
             "response_column) or completion_column."
         )
     renamed = {names[key]: key for key in ("question", "answer", "reasoning", "response") if names[key]}
-    consumed = set(renamed) | ({names["completion"]} if names["completion"] else set())
     lines = _line_numbers(path, len(rows))
     out, drops = [], Counter()
     for row, line in zip(rows, lines):
@@ -224,7 +223,13 @@ def load_traces(
         question = row[names["question"]]
         if not isinstance(question, str) or not question.strip():
             raise fail(f"has no question text in {names['question']!r}")
-        normalised = {key: value for key, value in row.items() if key not in consumed}
+        # Columns keep their place in the row, under the schema's names, so that a file in the schema passes as it is.
+        normalised = {}
+        for key, value in row.items():
+            if key == names["completion"]:
+                normalised.update(reasoning=None, response=None)
+            else:
+                normalised[renamed.get(key, key)] = value
         normalised.update(question=question, answer=gold, reasoning=reasoning, response=response or "")
         if "difficulty" not in normalised and row.get("math_level") is not None:
             normalised["difficulty"] = _difficulty(row["math_level"])
