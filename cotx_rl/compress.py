@@ -340,6 +340,7 @@ class SlotReport:
             "mean_by_difficulty": {
                 str(k): round(statistics.mean(v), 1) for k, v in sorted(by_difficulty.items(), key=_difficulty_key)
             },
+            "labelled_by_difficulty": {str(k): len(v) for k, v in sorted(by_difficulty.items(), key=_difficulty_key)},
         }
         return {"slots": slots, "auto_labels": auto}
 
