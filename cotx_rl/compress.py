@@ -123,7 +123,7 @@ class CompressArguments:
     rewrite_batch_size: int = field(
         default=64,
         metadata={
-            "help": "Rewrite requests per teacher call; each finished batch is appended to <output>.rewrites.jsonl, "
+            "help": "Rewrite requests per teacher call; each finished batch is appended to <output stem>.rewrites.jsonl, "
             "so that a killed run resumes after it."
         },
     )

@@ -28,7 +28,13 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
     kept = read_rows(tmp_path / "kept.jsonl")
     assert [r["id"] for r in kept] == ["ok", "ok-in-thought"]
     assert all(r["teacher_correct"] is True for r in kept) and kept[0]["source"] == "mine"
-    assert stats["dropped"] == {"truncated": 1, "null_gold": 0, "no_answer": 1, "wrong_answer": 1, "unreadable_gold": 1}
+    assert stats["dropped"] == {
+        "truncated": 1,
+        "null_gold": 0,
+        "no_answer": 1,
+        "wrong_answer": 1,
+        "unreadable_gold": 1,
+    }
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
 
 
