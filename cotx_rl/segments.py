@@ -247,19 +247,20 @@ def states_gold(gold: str, texts: Sequence[str], prefilter: bool = True) -> list
 _STATED_ANSWER = re.compile(r"\\boxed\s*\{|\bfinal answer\b|\banswer(?:\s+is|\s*[:=])", re.IGNORECASE)
 
 
-def reaches_answer(reasoning: str, gold: str, segments: Sequence[Segment] | None = None) -> bool:
+@lru_cache(maxsize=64)
+def reaches_answer(reasoning: str, gold: str) -> bool:
     """Whether a general reasoning text reaches the gold answer, judged by the project's verifier.
 
     True when the verifier reads the gold as the final answer of the whole text, or when some segment states the gold
     and no later segment states a final answer of its own (a box, "the answer is"): a thought that ends in prose
     ("I'm confident in this.") after its answer still reaches it; one that moves on to another answer does not.
+    Cached: the stage checks the same trace against several windows.
     """
     if not reasoning or not reasoning.strip():
         return False
     if states_gold(gold, [reasoning], prefilter=False)[0]:
         return True
-    segments = split_segments(reasoning) if segments is None else segments
-    texts = [reasoning[s.start : s.end] for s in segments]
+    texts = [reasoning[s.start : s.end] for s in split_segments(reasoning)]
     last = find_conclusion(gold, texts)
     if last is None:
         return False
