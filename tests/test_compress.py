@@ -11,6 +11,7 @@ from cotx_rl.compress import CompressArguments, plan_modes
 from cotx_rl.compressors import PruneCompressor, RewriteCompressor, TruncateCompressor
 from cotx_rl.io import StageInputError, read_rows, write_rows
 from cotx_rl.steps import leads_to_answer, split_steps, supporting_steps
+from cotx_rl.teachers.base import Teacher
 from cotx_rl.teachers.procedural import ProceduralTeacher
 
 GRID = [24, 48, 72, 96]
@@ -250,3 +251,28 @@ def test_rewrite_never_asks_for_slots_that_cannot_pass(tmp_path, monkeypatch, tr
     assert stats["replanned"]["exact->max:above_trace_length"] == 40
     assert stats["thinking_tokens"]["max/1000/original"]["examples"] == 40  # the trace, as it is
     assert teacher.batches and all(ask <= 48 for batch in teacher.batches for _, ask in batch)
+
+
+class BatchOnlyTeacher(Teacher):
+    """A model backend seen through its batch interface: `complete` records each call and answers R1-style."""
+
+    name = "batch-only"
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def generate(self, rows):
+        raise NotImplementedError
+
+    def complete(self, prompts):
+        self.calls.append(len(prompts))
+        return ["<think>\nShort.\n</think>\nAdding them, 40 + 2 = 42. So the answer is \\boxed{42}." for _ in prompts]
+
+
+def test_rewrite_batch_is_one_backend_call_per_attempt(bpe_tokenizer):
+    teacher = BatchOnlyTeacher()
+    rewrite = RewriteCompressor(bpe_tokenizer, teacher)
+    rows = [{"id": str(i), "question": f"What is 40 + 2? ({i})", "answer": "42"} for i in range(5)]
+    texts = rewrite.compress_batch([(row, "40 + 2 = 42. " * 20, 40, 0) for row in rows])
+    assert teacher.calls == [5]  # one call for the whole batch, none per slot
+    assert texts == ["Adding them, 40 + 2 = 42. So the answer is \\boxed{42}."] * 5  # the text after the thought
