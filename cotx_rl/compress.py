@@ -285,6 +285,7 @@ class PendingRewrite:
     window: Window
     length: int  # the trace's own thinking tokens
     then: list[str]  # in-process compressors listed after rewrite, tried when it fails
+    failed_before: list[str]  # why the compressors before rewrite failed (already counted)
 
     def key(self, teacher: str) -> str:
         """Names the request across runs: the slot, and what the rewrite depends on (trace, gold, window, teacher)."""
@@ -393,6 +394,8 @@ def compress_trace(
         if mode == "exact" and window.low > length:
             if args.exact_above_trace == "skip":
                 failures["exact:above_trace_length"] += 1
+                report.planned(budget, length)
+                report.dropped(budget, length, ["exact:above_trace_length"])
                 continue
             failures["replanned:exact->max:above_trace_length"] += 1
             mode, window = "max", slot_window("max", budget, args)
@@ -404,7 +407,7 @@ def compress_trace(
             examples.append((position, make_example(base, mode, budget, found)))
             report.kept(budget, length)
         elif split < len(names):
-            pending.append(PendingRewrite(index, position, row, mode, budget, window, length, after))
+            pending.append(PendingRewrite(index, position, row, mode, budget, window, length, after, list(counted)))
         else:
             failures[f"dropped:{mode}"] += 1
             report.dropped(budget, length, list(counted))
@@ -497,7 +500,7 @@ def _settle(slot: PendingRewrite, record: dict, examples: dict, failures: Counte
         report.kept(slot.budget, slot.length)
     else:
         failures[f"dropped:{slot.mode}"] += 1
-        report.dropped(slot.budget, slot.length, record["failures"])
+        report.dropped(slot.budget, slot.length, slot.failed_before + record["failures"])
 
 
 def build_compressors(args: CompressArguments, teacher_args: TeacherArguments, tokenizer) -> dict[str, Compressor]:
