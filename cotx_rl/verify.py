@@ -73,7 +73,7 @@ def main(args: VerifyArguments, columns: TraceColumnArguments | None = None) -> 
     write_rows(args.output_path, kept)
     if args.stats_path:
         write_json(args.stats_path, stats)
-    logger.info("Verified %d traces: kept %d, dropped %s", len(rows), len(kept), dict(drops))
+    logger.info("Verified %d traces: kept %d, dropped %s", total, len(kept), dict(drops))
     return stats
 
 
