@@ -349,7 +349,7 @@ def trace_support(texts: Sequence[str], conclusion: int, question: str) -> set[i
     for _ in range(SUPPORT_DEPTH):
         next_frontier = []
         for index in frontier:
-            for value in values[index] - given - _TRIVIAL_VALUES - traced:
+            for value in sorted(values[index] - given - _TRIVIAL_VALUES - traced):  # sorted: runs agree
                 traced.add(value)
                 positions = where[value]
                 k = bisect.bisect_left(positions, index) - 1
