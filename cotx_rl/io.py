@@ -272,15 +272,19 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def duplicate_ids(rows: Sequence[dict], column: str = "id") -> dict[Any, list[int]]:
+def duplicate_ids(
+    rows: Sequence[dict], column: str = "id", key: Callable[[dict], Any] | None = None
+) -> dict[Any, list[int]]:
     """Ids that occur more than once, each with the line numbers (or 1-based row numbers) it occurs on, in file
-    order. Rows without the column are left out."""
+    order. Rows without the column are left out. `key` makes the id of a row from several columns (for example the
+    problem id and the sample index of a trace)."""
     line_numbers = rows.line_numbers if isinstance(rows, Rows) else range(1, len(rows) + 1)
     seen: dict[Any, list[int]] = {}
     for row, number in zip(rows, line_numbers):
-        if row.get(column) is not None:
-            seen.setdefault(_hashable(row[column]), []).append(number)
-    return {key: lines for key, lines in seen.items() if len(lines) > 1}
+        value = key(row) if key is not None else row.get(column)
+        if value is not None:
+            seen.setdefault(_hashable(value), []).append(number)
+    return {value: lines for value, lines in seen.items() if len(lines) > 1}
 
 
 def describe_duplicates(duplicates: dict[Any, list[int]], unit: str = "line") -> str:
@@ -290,9 +294,11 @@ def describe_duplicates(duplicates: dict[Any, list[int]], unit: str = "line") ->
     return f"id {str(key)!r} on {listing(lines, unit)}{more}"
 
 
-def check_unique_ids(rows: Sequence[dict], what: str | None = None, column: str = "id") -> None:
+def check_unique_ids(
+    rows: Sequence[dict], what: str | None = None, column: str = "id", key: Callable[[dict], Any] | None = None
+) -> None:
     """Refuse repeated ids with one `StageInputError` naming the first repeated id and its lines."""
-    duplicates = duplicate_ids(rows, column)
+    duplicates = duplicate_ids(rows, column, key)
     if duplicates:
         name = rows.name if isinstance(rows, Rows) else what or "Rows"
         unit = rows.unit if isinstance(rows, Rows) else "row"

@@ -1,4 +1,7 @@
-"""Reasoning as steps: splitting, the arithmetic a step derives, and which steps a conclusion rests on.
+"""Reasoning of the embedded domain as steps: splitting, the arithmetic a step derives, which steps its chain rests on.
+
+The answer check of every trace, [`leads_to_answer`], is here too: strict for the embedded domain, the verifier's for
+any other ([`cotx_rl.segments`] reads real reasoning).
 
 Arithmetic in model text is evaluated by walking a parsed syntax tree that admits numbers and `+ - * /` only: no
 `eval`, nothing that could run code.
@@ -12,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from cotx_rl.arithmetic import chain_support, parse_question
+from cotx_rl.arithmetic import ChainProblem, chain_support, parse_question
+from cotx_rl.segments import reaches_answer
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
@@ -111,50 +115,32 @@ def step_facts(text: str) -> StepFacts:
     return facts
 
 
-def supporting_steps(steps: list[str], answer: str, question: str) -> set[int] | None:
-    """Indices of the steps that the conclusion rests on, or None when the answer is not reached in the steps.
-
-    For the embedded arithmetic domain the steps must carry the whole chain of operations
-    ([`~cotx_rl.arithmetic.chain_support`]). Otherwise the conclusion is the last step that states `answer`. Each number it needs (the answer, then every number on the
-    left of an equation that derives a needed number) is traced to the earliest true equation deriving it; numbers
-    of the question need no derivation unless a step derives them too.
-    """
+def embedded_problem(question: str, answer: str) -> ChainProblem | None:
+    """The embedded-domain problem behind `question` when `answer` is its chain's result, else None."""
     problem = parse_question(question)
-    if problem is not None and str(problem.answer) == answer.strip():
-        return chain_support(steps, problem)
-    try:
-        target = Fraction(answer.replace(",", "").strip())
-    except (ValueError, ZeroDivisionError):
-        target = None
-    facts = [step_facts(s) for s in steps]
-    conclusion = next((i for i in range(len(steps) - 1, -1, -1) if _states(steps[i], answer, target)), None)
-    if conclusion is None:
-        return None
-    needed, support = [], {conclusion}
-    if target is not None:
-        needed.append((target, conclusion + 1))
-    given = set(numbers_in(question))
-    while needed:
-        value, before = needed.pop()
-        source = next((i for i in range(before) if value in facts[i].derives), None)
-        if source is None:
-            if value in given:
-                continue
-            return None
-        if source not in support or source == conclusion:
-            support.add(source)
-            needed.extend((used, source) for used in facts[source].uses)
-    return support
+    return problem if problem is not None and str(problem.answer) == str(answer).strip() else None
 
 
-def _states(step: str, answer: str, target: Fraction | None) -> bool:
-    if target is not None:
-        return target in numbers_in(step)
-    return answer.strip() != "" and answer.strip() in step
+def supporting_steps(steps: list[str], answer: str, question: str) -> set[int] | None:
+    """Indices of the steps an embedded-domain conclusion rests on, or None when the chain breaks.
+
+    The steps must carry the whole chain of operations ([`~cotx_rl.arithmetic.chain_support`]). Questions of other
+    domains have no chain to carry (None): their traces are read as segments ([`cotx_rl.segments`]).
+    """
+    problem = embedded_problem(question, answer)
+    return None if problem is None else chain_support(steps, problem)
 
 
 def leads_to_answer(reasoning: str, answer: str, question: str) -> bool:
-    """Whether the reasoning states `answer` and, for numeric answers, derives it from the question's numbers."""
+    """Whether a reasoning still reaches the gold `answer`.
+
+    For the embedded domain the check is strict: the steps carry every operation of the chain and none of them states
+    a false equation. Elsewhere the project's verifier must read the gold answer in the reasoning, with no other final
+    answer after it ([`cotx_rl.segments.reaches_answer`]): real reasoning derives its numbers in words and LaTeX as
+    often as in `a op b = c` lines.
+    """
+    if embedded_problem(question, answer) is None:
+        return reaches_answer(reasoning, answer)
     steps = split_steps(reasoning)
     support = supporting_steps(steps, answer, question)
     if support is None:

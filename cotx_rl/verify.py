@@ -1,8 +1,15 @@
 """Stage `verify`: keep the traces whose final answer is correct, and count the others by reason.
 
-A trace is dropped as `truncated` when the teacher hit its length limit, `no_answer` when no final answer can be read,
-`wrong_answer` when the answer differs from the gold, and `unreadable_gold` when the gold itself cannot be read.
-Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a brought-in file says.
+The traces file is read as it comes, by the same loader as the `compress` stage ([`cotx_rl.trace_rows`]): a
+`reasoning` and `response` pair under any of the common column names, or one raw R1-style completion split at
+`</think>`. The kept traces are written in the project's trace schema.
+
+A trace is dropped as `truncated` when its thought was not finished (the teacher hit its length limit, a false
+completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null, `no_answer` when no
+final answer can be read, `wrong_answer` when the answer differs from the gold, `unreadable_gold` when the gold
+itself cannot be read, and `duplicate` when an earlier row of the file has the same id (and sample index): the first
+is kept, the repeats are counted and named in the log. Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a
+brought-in file says.
 """
 
 from __future__ import annotations
@@ -13,11 +20,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cotx_rl.budget import render_completion
-from cotx_rl.io import read_rows, require_columns, write_json, write_rows
+from cotx_rl.io import (
+    StageInputError,
+    check_writable_output,
+    describe_duplicates,
+    duplicate_ids,
+    write_json,
+    write_rows,
+)
+from cotx_rl.trace_rows import TraceColumnArguments, load_traces, trace_key
 from rewards.correctness import correctness_reward, extract_final_answer
 
 logger = logging.getLogger(__name__)
-DROP_REASONS = ("truncated", "no_answer", "wrong_answer", "unreadable_gold")
+DROP_REASONS = ("truncated", "null_gold", "duplicate", "no_answer", "wrong_answer", "unreadable_gold")
 
 
 @dataclass
@@ -55,24 +70,44 @@ def verify_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
     return kept, drops
 
 
-def main(args: VerifyArguments) -> dict:
-    rows = read_rows(args.traces_path, "Traces file")
-    require_columns(rows, ["id", "question", "answer", "reasoning"], f"Traces file {args.traces_path!r}")
-    kept, drops = verify_rows(rows)
-    stats = {"total": len(rows), "kept": len(kept), "dropped": {reason: drops[reason] for reason in DROP_REASONS}}
+def drop_repeats(rows, drops: Counter):
+    """The rows without repeats of an earlier row's id (and sample index); repeats are counted and logged."""
+    duplicates = duplicate_ids(rows, key=trace_key)
+    if not duplicates:
+        return rows
+    repeated = {line for lines in duplicates.values() for line in lines[1:]}
+    kept = [index for index, line in enumerate(rows.line_numbers) if line not in repeated]
+    drops["duplicate"] += len(rows) - len(kept)
+    logger.warning(
+        "%s repeats %s: kept the first of each, dropped %d repeats.", rows.name, describe_duplicates(duplicates),
+        len(rows) - len(kept),
+    )  # fmt: skip
+    return rows.select(kept)
+
+
+def main(args: VerifyArguments, columns: TraceColumnArguments | None = None) -> dict:
+    check_writable_output(args.output_path, "Kept traces output file")
+    if args.stats_path:
+        check_writable_output(args.stats_path, "Stats file")
+    rows, drops = load_traces(args.traces_path, columns, "Traces file")
+    total = len(rows) + sum(drops.values())
+    rows = drop_repeats(rows, drops) if rows else rows
+    kept, verify_drops = verify_rows(rows) if rows else ([], Counter())
+    drops.update(verify_drops)
+    stats = {"total": total, "kept": len(kept), "dropped": {reason: drops[reason] for reason in DROP_REASONS}}
     if not kept:
-        raise ValueError(f"No trace in {args.traces_path!r} passed verification: {stats['dropped']}.")
+        raise StageInputError(f"No trace in {args.traces_path!r} passed verification: {stats['dropped']}.")
     write_rows(args.output_path, kept)
     if args.stats_path:
         write_json(args.stats_path, stats)
-    logger.info("Verified %d traces: kept %d, dropped %s", len(rows), len(kept), dict(drops))
+    logger.info("Verified %d traces: kept %d, dropped %s", total, len(kept), dict(drops))
     return stats
 
 
 def make_parser():
     from cotx_rl.config import make_parser
 
-    return make_parser(VerifyArguments)
+    return make_parser(VerifyArguments, TraceColumnArguments)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import math
 import statistics
 
 import pytest
@@ -11,6 +12,7 @@ from cotx_rl.compressors import PruneCompressor, RewriteCompressor, TruncateComp
 from cotx_rl.config import RunArguments
 from cotx_rl.io import StageInputError, read_rows, write_rows
 from cotx_rl.steps import leads_to_answer, split_steps, supporting_steps
+from cotx_rl.teachers.base import Teacher
 from cotx_rl.teachers.procedural import ProceduralTeacher
 
 GRID = [24, 48, 72, 96]
@@ -163,3 +165,112 @@ def test_bad_inputs_name_the_value(tmp_path):
                 student_tokenizer=str(tmp_path / "no_such_tokenizer_dir"),
             )
         )  # fmt: skip
+
+
+class CountingTeacher(ProceduralTeacher):
+    """Records each batch of rewrite requests as `(id, asked budget)`; raises after `fail_after` batches (a kill)."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__()
+        self.batches: list[list[tuple[str, int]]] = []
+        self.fail_after = fail_after
+
+    def rewrite_batch(self, requests, count_tokens=None):
+        if self.fail_after is not None and len(self.batches) >= self.fail_after:
+            raise RuntimeError("killed")
+        self.batches.append([(r.row["id"], r.budget_tokens) for r in requests])
+        return super().rewrite_batch(requests, count_tokens)
+
+
+def compress_with(monkeypatch, teacher, folder, **overrides):
+    monkeypatch.setattr("cotx_rl.teachers.build_teacher", lambda args: teacher)
+    args = CompressArguments(
+        traces_path=str(folder / "kept.jsonl"), output_path=str(folder / "examples.jsonl"), **overrides
+    )
+    return compress.main(args, run_args=RunArguments(budget_grid=GRID))
+
+
+def sidecar_slots(folder) -> dict[tuple[str, int], dict]:
+    """`(id, window high)` of every rewrite record written next to the output, with the record."""
+    records = read_rows(folder / "examples.rewrites.jsonl")
+    return {(r["key"].split("|")[0], int(r["key"].split("|")[3].split("-")[1])): r for r in records}
+
+
+def test_rewrite_goes_in_batches_and_only_for_slots_prune_missed(tmp_path, monkeypatch, traces, compressed):
+    write_rows(tmp_path / "kept.jsonl", traces)
+    teacher = CountingTeacher()
+    stats = compress_with(monkeypatch, teacher, tmp_path, rewrite_batch_size=16)
+    examples = read_rows(tmp_path / "examples.jsonl")
+    assert examples == compressed[0] and stats == compressed[1]  # batching changes no result
+    assert teacher.batches and all(1 <= len(batch) <= 16 for batch in teacher.batches)
+    asked = sidecar_slots(tmp_path)
+    first_asks = {request for batch in teacher.batches for request in batch}
+    assert set(asked) <= first_asks
+    by_prune = {
+        (e["id"], e["budget_tokens"]) for e in examples if e["compressor"] == "prune" and e["budget_mode"] == "exact"
+    }
+    assert not by_prune & set(asked), "a slot that prune met was sent to the teacher"
+    rewritten = [e for e in examples if e["compressor"] == "rewrite"]
+    assert rewritten and all(e["budget_mode"] in ("exact", "max") for e in rewritten)
+    assert sum(r["example"] is not None for r in asked.values()) == len(rewritten)
+    # One call per batch and attempt: never one call per slot.
+    assert len(teacher.batches) <= math.ceil(len(asked) / 16) * 3 < len(asked)
+
+
+def test_rewrite_resumes_after_a_kill(tmp_path, monkeypatch, traces, compressed):
+    write_rows(tmp_path / "kept.jsonl", traces)
+    with pytest.raises(RuntimeError, match="killed"):
+        compress_with(monkeypatch, CountingTeacher(fail_after=4), tmp_path, rewrite_batch_size=16)
+    assert not (tmp_path / "examples.jsonl").exists()
+    done = sidecar_slots(tmp_path)
+    assert done
+    teacher = CountingTeacher()
+    stats = compress_with(monkeypatch, teacher, tmp_path, rewrite_batch_size=16)
+    asked_again = {request for batch in teacher.batches for request in batch}
+    assert not asked_again & set(done), "the rerun asked again for slots done before the kill"
+    assert read_rows(tmp_path / "examples.jsonl") == compressed[0] and stats == compressed[1]
+    # A third run finds everything done: the teacher is not called at all.
+    idle = CountingTeacher()
+    compress_with(monkeypatch, idle, tmp_path, rewrite_batch_size=16)
+    assert idle.batches == []
+
+
+def test_rewrite_never_asks_for_slots_that_cannot_pass(tmp_path, monkeypatch, traces, tiny_tokenizer):
+    write_rows(tmp_path / "kept.jsonl", traces[:40])
+    teacher = CountingTeacher()
+    monkeypatch.setattr("cotx_rl.teachers.build_teacher", lambda args: teacher)
+    args = CompressArguments(
+        traces_path=str(tmp_path / "kept.jsonl"), output_path=str(tmp_path / "examples.jsonl"),
+        mode_proportions={"exact": 1.0},
+    )  # fmt: skip
+    stats = compress.main(args, run_args=RunArguments(budget_grid=[24, 48, 1000]))
+    longest = max(count_reasoning_tokens(r["reasoning"], tiny_tokenizer) for r in traces[:40])
+    assert longest < 0.85 * 1000  # every exact slot of 1000 lies above its trace
+    assert stats["replanned"]["exact->max:above_trace_length"] == 40
+    assert stats["thinking_tokens"]["max/1000/original"]["examples"] == 40  # the trace, as it is
+    assert teacher.batches and all(ask <= 48 for batch in teacher.batches for _, ask in batch)
+
+
+class BatchOnlyTeacher(Teacher):
+    """A model backend seen through its batch interface: `complete` records each call and answers R1-style."""
+
+    name = "batch-only"
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def generate(self, rows):
+        raise NotImplementedError
+
+    def complete(self, prompts):
+        self.calls.append(len(prompts))
+        return ["<think>\nShort.\n</think>\nAdding them, 40 + 2 = 42. So the answer is \\boxed{42}." for _ in prompts]
+
+
+def test_rewrite_batch_is_one_backend_call_per_attempt(bpe_tokenizer):
+    teacher = BatchOnlyTeacher()
+    rewrite = RewriteCompressor(bpe_tokenizer, teacher)
+    rows = [{"id": str(i), "question": f"What is 40 + 2? ({i})", "answer": "42"} for i in range(5)]
+    texts = rewrite.compress_batch([(row, "40 + 2 = 42. " * 20, 40, 0) for row in rows])
+    assert teacher.calls == [5]  # one call for the whole batch, none per slot
+    assert texts == ["Adding them, 40 + 2 = 42. So the answer is \\boxed{42}."] * 5  # the text after the thought

@@ -35,14 +35,14 @@ def run_folder(tmp_path):
 
 def test_an_include_reaches_the_stage_and_the_placeholder_is_filled(run_folder, monkeypatch):
     monkeypatch.delenv("COTX_TEST_VARIABLE", raising=False)
-    args, teacher, run = parse_compress("--config", str(run_folder / "compress.yaml"))
+    args, teacher, _, run = parse_compress("--config", str(run_folder / "compress.yaml"))
     assert (args.traces_path, args.output_path) == ("/data/run1/kept.jsonl", "/data/run1/examples.jsonl")
     assert (run.budget_grid, run.answer_tokens, teacher.seed) == ([8, 16], 5, 3)
     assert os.environ["COTX_TEST_VARIABLE"] == "from-run"
 
 
 def test_flags_win_over_the_recipe_and_output_root_moves_the_run(run_folder):
-    args, _, run = parse_compress(
+    args, _, _, run = parse_compress(
         "--config", str(run_folder / "compress.yaml"), "--output_root", "/elsewhere", "--budget_grid", "4", "12",
         "--stats_path", "${output_root}/stats.json",
     )  # fmt: skip
@@ -54,7 +54,7 @@ def test_the_recipe_wins_over_its_include(run_folder):
     write(
         run_folder / "own.yaml", "include: run.yaml\ntraces_path: t.jsonl\noutput_path: o.jsonl\nbudget_grid: [32]\n"
     )
-    assert parse_compress("--config", str(run_folder / "own.yaml"))[2].budget_grid == [32]
+    assert parse_compress("--config", str(run_folder / "own.yaml"))[-1].budget_grid == [32]
 
 
 @pytest.mark.parametrize(

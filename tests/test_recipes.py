@@ -29,6 +29,7 @@ STAGE_OF_FILE = {
     "traces": "traces",
     "verify": "verify",
     "compress": "compress",
+    "compress_real": "compress",
     "sft": "sft",
     "full_cot": "sft",
     "grpo": "grpo",

@@ -19,7 +19,8 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
         trace("wrong", "3 * 4 = 13.", "\\boxed{13}", teacher_correct=True),
         trace("silent", "I am not sure.", ""),
         trace("cut", "3 * 4 = 1", "", finish="length"),
-        trace("bad-gold", "3 * 4 = 12.", "\\boxed{12}", answer=""),
+        trace("bad-gold", "3 * 4 = 12.", "\\boxed{12}", answer="\\boxed{}"),
+        trace("no-gold", "3 * 4 = 12.", "\\boxed{12}", answer=""),
     ]
     write_rows(tmp_path / "traces.jsonl", rows)
     stats = verify.main(
@@ -28,7 +29,14 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
     kept = read_rows(tmp_path / "kept.jsonl")
     assert [r["id"] for r in kept] == ["ok", "ok-in-thought"]
     assert all(r["teacher_correct"] is True for r in kept) and kept[0]["source"] == "mine"
-    assert stats["dropped"] == {"truncated": 1, "no_answer": 1, "wrong_answer": 1, "unreadable_gold": 1}
+    assert stats["dropped"] == {
+        "truncated": 1,
+        "null_gold": 1,
+        "duplicate": 0,
+        "no_answer": 1,
+        "wrong_answer": 1,
+        "unreadable_gold": 1,
+    }
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
 
 
@@ -37,3 +45,24 @@ def test_missing_column_is_named(tmp_path):
     with pytest.raises(StageInputError, match="reasoning"):
         verify.main(VerifyArguments(str(tmp_path / "t.jsonl"), str(tmp_path / "k.jsonl")))
     assert not (tmp_path / "k.jsonl").exists()
+
+
+def test_repeated_traces_are_counted_and_the_first_kept(tmp_path, caplog):
+    # Two `traces` runs on one file (before the lock) wrote every id twice; a teacher's samples differ by `sample`.
+    rows = [
+        {"id": "a", "question": "Compute 2 + 3.", "answer": "5", "reasoning": "2 + 3 = 5.", "response": "\\boxed{5}"},
+        {"id": "b", "question": "Compute 2 + 4.", "answer": "6", "reasoning": "2 + 4 = 6.", "response": "\\boxed{6}"},
+        {"id": "a", "question": "Compute 2 + 3.", "answer": "5", "reasoning": "again", "response": "\\boxed{5}"},
+        {"id": "c", "sample": 0, "question": "Compute 1 + 1.", "answer": "2", "reasoning": "1 + 1 = 2.",
+         "response": "\\boxed{2}"},
+        {"id": "c", "sample": 1, "question": "Compute 1 + 1.", "answer": "2", "reasoning": "So 2.",
+         "response": "\\boxed{2}"},
+    ]  # fmt: skip
+    write_rows(tmp_path / "traces.jsonl", rows)
+    caplog.set_level("WARNING", logger="cotx_rl")
+    stats = verify.main(VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl")))
+    kept = read_rows(tmp_path / "kept.jsonl")
+    assert [(r["id"], r.get("sample")) for r in kept] == [("a", None), ("b", None), ("c", 0), ("c", 1)]
+    assert kept[0]["reasoning"] == "2 + 3 = 5."
+    assert stats["dropped"]["duplicate"] == 1 and stats["total"] == 5
+    assert "repeats id 'a' on lines 1 and 3" in caplog.text

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from cotx_rl.io import StageInputError
-from cotx_rl.teachers.base import Teacher, TeacherOutput, split_thinking
+from cotx_rl.teachers.base import RewriteRequest, Teacher, TeacherOutput, split_thinking
 from cotx_rl.teachers.config import TEACHER_BACKENDS, TeacherArguments
 
-__all__ = ["Teacher", "TeacherArguments", "TeacherOutput", "build_teacher", "split_thinking"]
+__all__ = ["RewriteRequest", "Teacher", "TeacherArguments", "TeacherOutput", "build_teacher", "split_thinking"]
 
 
 def build_teacher(args: TeacherArguments) -> Teacher:

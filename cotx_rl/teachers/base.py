@@ -1,4 +1,7 @@
-"""The teacher interface: one `generate` for traces, one `rewrite` for budgeted rewriting."""
+"""The teacher interface: one `generate` for traces, one `rewrite` (and `rewrite_batch`) for budgeted rewriting.
+
+`split_thinking`, which splits a raw completion at `</think>`, lives in [`cotx_rl.trace_rows`] and is imported from there.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cotx_rl.budget import THINK_END, THINK_START
 from cotx_rl.io import StageInputError, looks_like_local_path
+from cotx_rl.trace_rows import split_thinking
 
 REWRITE_INSTRUCTION = (
     "Rewrite the reasoning below so that it is at most {budget_tokens} tokens long. Keep every step that the final "
@@ -18,25 +21,21 @@ REWRITE_INSTRUCTION = (
 
 
 @dataclass(frozen=True)
+class RewriteRequest:
+    """One reasoning to rewrite: the trace row (its `question`), the reasoning, and the budget to ask for."""
+
+    row: dict
+    reasoning: str
+    budget_tokens: int
+
+
+@dataclass(frozen=True)
 class TeacherOutput:
     """One trace: the thinking, the visible response after it, and whether generation ended on its own."""
 
     reasoning: str
     response: str
     finished: bool
-
-
-def split_thinking(text: str) -> tuple[str, str]:
-    """Split a teacher's raw text into (reasoning, response).
-
-    R1-style models write `<think>...</think>` (some templates open the tag in the prompt, so only `</think>` shows);
-    text without the closing tag is all reasoning (a trace cut by the length limit).
-    """
-    if THINK_END in text:
-        reasoning, response = text.split(THINK_END, 1)
-        reasoning = reasoning.split(THINK_START, 1)[-1]
-        return reasoning.strip(), response.strip()
-    return text.split(THINK_START, 1)[-1].strip(), ""
 
 
 def check_model_path(model: str | None, backend: str) -> None:
@@ -82,9 +81,26 @@ class Teacher(ABC):
         self, row: dict, reasoning: str, budget_tokens: int, count_tokens: Callable[[str], int] | None = None
     ) -> str:
         """Reasoning rewritten to fit `budget_tokens`; `count_tokens` measures in the student's tokens when given."""
-        prompt = REWRITE_INSTRUCTION.format(budget_tokens=budget_tokens, question=row["question"], reasoning=reasoning)
-        (output,) = self.complete([prompt])
-        return split_thinking(output)[1] or split_thinking(output)[0]
+        return self.rewrite_batch([RewriteRequest(row, reasoning, budget_tokens)], count_tokens)[0]
+
+    def rewrite_batch(
+        self, requests: list[RewriteRequest], count_tokens: Callable[[str], int] | None = None
+    ) -> list[str]:
+        """Every request rewritten, in one call to the backend's batch interface ([`Teacher.complete`]).
+
+        The openai backend sends the prompts concurrently, transformers and vLLM generate them together. The text
+        after the teacher's own thought is the rewrite (a model that does not think gives its whole reply).
+        """
+        prompts = [
+            REWRITE_INSTRUCTION.format(
+                budget_tokens=request.budget_tokens, question=request.row["question"], reasoning=request.reasoning
+            )
+            for request in requests
+        ]
+        outputs = self.complete(prompts) if prompts else []
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"The {self.name} teacher returned {len(outputs)} rewrites for {len(prompts)} prompts.")
+        return [split_thinking(output)[1] or split_thinking(output)[0] for output in outputs]
 
     def complete(self, prompts: list[str]) -> list[str]:
         """Raw completions for free-form user prompts (used by `rewrite`); model backends implement it."""

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 
 from cotx_rl.arithmetic import ChainProblem, parse_question
-from cotx_rl.teachers.base import Teacher, TeacherOutput
+from cotx_rl.teachers.base import RewriteRequest, Teacher, TeacherOutput
 
 INTROS = (
     "Okay, so I need to compute {expr}.",
@@ -166,3 +166,9 @@ class ProceduralTeacher(Teacher):
             if len(fillers) < 3 and count(" ".join([*fillers, candidate, best])) <= budget_tokens:
                 fillers.append(candidate)
         return " ".join([*fillers, best])
+
+    def rewrite_batch(
+        self, requests: list[RewriteRequest], count_tokens: Callable[[str], int] | None = None
+    ) -> list[str]:
+        """Each request rewritten by [`ProceduralTeacher.rewrite`]: writing a chain needs no model to batch."""
+        return [self.rewrite(r.row, r.reasoning, r.budget_tokens, count_tokens=count_tokens) for r in requests]
