@@ -1,8 +1,10 @@
 """Stage `problems`: problems from a file or a dataset, or the embedded domain's, as `train.jsonl` and `test.jsonl`.
 
 Output rows: `id`, `question`, `answer` (gold, as a string), `source`, `difficulty` (None when unknown), plus any other
-columns of the source. Presets read the common formats: `gsm8k` (gold after `#### `) and `math` (the `answer` column,
-or the last `\\boxed{}` of `solution`; difficulty from `level`).
+columns of the source. Presets read the common formats: `gsm8k` (gold after `#### `), `math` (MATH and MATH-500: the
+`answer` column, or the last `\\boxed{}` of `solution`; difficulty from `level`), `aime` and `amc` (`id`, `problem`,
+`answer`, as in AI-MO's AIME and AMC validation sets) and `qwq` (QwQ's evaluation files: `prompt`, `answer`).
+[`read_problems`] maps a file or dataset split the same way for the `eval` stage.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ PRESETS = {
         "difficulty_column": "level",
         "id_column": "unique_id",
     },
+    "aime": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
+    "amc": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
+    "qwq": {"question_column": "prompt", "answer_column": "answer"},
 }
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed")
 
@@ -117,8 +122,11 @@ def read_difficulty(value) -> int | float | None:
     return None if match is None else float(match.group()) if "." in match.group() else int(match.group())
 
 
-def to_problem_rows(records: list[dict], args: ProblemsArguments, split: str, source_name: str) -> list[dict]:
-    """Map source records to problem rows; records without a readable gold are dropped (and counted)."""
+def to_problem_rows(
+    records: list[dict], args: ProblemsArguments, split: str, source_name: str, keep_unreadable: bool = False
+) -> list[dict]:
+    """Map source records to problem rows; records without a readable gold are dropped (and counted), or kept with
+    `answer` None when `keep_unreadable` (evaluation counts them apart)."""
     missing = [c for c in (args.question_column,) if c not in records[0]]
     if args.answer_column not in records[0] and not (args.solution_column and args.solution_column in records[0]):
         missing.append(args.answer_column)
@@ -132,19 +140,35 @@ def to_problem_rows(records: list[dict], args: ProblemsArguments, split: str, so
         gold = read_gold(record, args)
         if not gold:
             unreadable += 1
-            continue
+            if not keep_unreadable:
+                continue
         row = dict(record)
         row.update(
             id=str(record[args.id_column]) if args.id_column else f"{Path(source_name).stem}-{split}-{index:06d}",
             question=str(record[args.question_column]),
-            answer=gold,
+            answer=gold or None,
             source=record.get("source", source_name),
             difficulty=read_difficulty(record.get(args.difficulty_column)) if args.difficulty_column else None,
         )
         rows.append(row)
     if unreadable:
-        logger.warning("%s/%s: dropped %d rows without a readable gold answer.", source_name, split, unreadable)
+        what = "kept (not scored)" if keep_unreadable else "dropped"
+        logger.warning("%s/%s: %s %d rows without a readable gold answer.", source_name, split, what, unreadable)
     return rows
+
+
+def read_problems(source: str, preset: str | None = None, split: str = "test", keep_unreadable: bool = False):
+    """Problem rows from a local file or a dataset split, columns mapped by `preset` as the `problems` stage maps them.
+
+    Args:
+        source: a local file (.jsonl/.json/.parquet/.csv) or a dataset name for `datasets.load_dataset`.
+        preset: one of `PRESETS` (None: the columns are already `question` and `answer`).
+        split: the dataset split to read (hub datasets).
+        keep_unreadable: keep rows whose gold cannot be read, with `answer` None.
+    """
+    args = ProblemsArguments(output_dir="", source=source, preset=preset, train_split=split, test_split=None)
+    records = load_source(args)["train"]
+    return to_problem_rows(records, args, split, source, keep_unreadable=keep_unreadable)
 
 
 def load_source(args: ProblemsArguments) -> dict[str, list[dict]]:
