@@ -94,6 +94,21 @@ def check_output_path(path: str | os.PathLike, what: str = "Output file") -> Pat
     return path
 
 
+def check_writable_dir(path: str | os.PathLike, what: str = "Output folder") -> Path:
+    """Create a folder (and its parents) and write a probe file in it: a folder that cannot take a file is a
+    `StageInputError` before any work, rather than an error after hours of it."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        raise StageInputError(f"{what} {str(path)!r} is not a writable folder: {error}") from error
+    return path
+
+
 def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """Write rows atomically as JSONL or Parquet, by suffix."""
     path = check_output_path(path)
