@@ -2,15 +2,21 @@
 
 Each stage module exposes `make_parser()` (a TRL `TrlParser` over the stage's dataclasses) and `main(...)`, and runs
 the same under `python -m cotx_rl.<stage>` and `accelerate launch -m cotx_rl.<stage>`.
+
+What the user can fix ends in one line on stderr, without a traceback: bad input (`StageInputError`) and an output
+that cannot be written (disk full, no permission, read-only disk: `OutputWriteError` or an `OSError` with one of
+those causes) exit with code 2, Ctrl-C with `cotx-rl <stage>: interrupted` and code 130. Any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
 
-from cotx_rl.io import StageInputError
+from cotx_rl.io import OutputWriteError, StageInputError
 
 STAGES = {
     "problems": "Load problems from a file or dataset, or make the embedded domain's problems.",
@@ -23,6 +29,11 @@ STAGES = {
     "generate": "Answer your questions with a student and a budget, enforced at decode time (a hard stop).",
     "pipeline": "Run every stage from one recipe, skipping the stages already done.",
 }
+
+
+# Why a write fails when the fault is the machine's state, not the program: these become one line and exit code 2.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped with Ctrl-C
 
 
 def usage() -> str:
@@ -59,6 +70,16 @@ def configure_logging() -> None:
         project_logger.setLevel(logging.INFO)
 
 
+def describe_os_error(error: OSError) -> str | None:
+    """One line for an `OSError` the user can fix (naming the path when it is known), or None for any other."""
+    if isinstance(error, OutputWriteError):
+        return str(error)
+    if error.errno not in WRITE_ERRNOS:
+        return None
+    where = f" ({str(error.filename)!r})" if error.filename else ""
+    return f"{error.strerror or error}{where}; free some space, fix the permissions or choose another path."
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -73,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(stage, rest)
     except StageInputError as error:
         sys.stderr.write(f"cotx-rl {stage}: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\ncotx-rl {stage}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except OSError as error:
+        message = describe_os_error(error)
+        if message is None:
+            raise
+        sys.stderr.write(f"cotx-rl {stage}: {message}\n")
         return 2
     return 0
 

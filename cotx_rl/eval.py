@@ -31,9 +31,10 @@ from cotx_rl.generation import BudgetedGenerator, Generation, ThoughtLimit, comp
 from cotx_rl.io import (
     JSONDict,
     StageInputError,
-    check_writable_dir,
+    check_rows,
+    check_unique_ids,
+    check_writable_output,
     read_rows,
-    require_columns,
     write_json,
     write_rows,
 )
@@ -160,6 +161,8 @@ def summarize(records: list[dict], kind: str) -> dict:
     cut_off = sum(r["cut_off"] for r in scored)
     wrong = sum(not r["correct"] and not r["cut_off"] for r in scored)
     summary.update(
+        # What a completion costs in all (thought, answer, tags), next to its thinking tokens.
+        mean_completion_tokens=round(sum(r["completion_tokens"] for r in scored) / len(scored), 4) if scored else None,
         cut_off_rate=round(cut_off / len(scored), 4) if scored else None,
         wrong_rate=round(wrong / len(scored), 4) if scored else None,
         num_scored=len(scored),
@@ -295,29 +298,19 @@ def markdown_table(report: dict, grid: list[int], num_unscored: int = 0) -> str:
 
 
 def read_test_rows(args: EvalArguments) -> list[dict]:
-    """The test problems, mapped by the preset when there is one; ids must be unique."""
+    """The test problems, mapped by the preset when there is one: each with an id (unique), a question and a gold
+    (which may be null: such a problem is left out of every rate and counted)."""
     if args.preset is None:
         rows = read_rows(args.test_path, "Test problems")
-        require_columns(rows, ["id", "question", "answer"], f"Test problems {args.test_path!r}")
+        check_rows(rows, ["id", "question", "answer"], text_columns=["question"], nullable=["answer"])
     else:
         from cotx_rl.problems import read_problems
 
         rows = read_problems(args.test_path, args.preset, args.test_split, keep_unreadable=True)
-    seen: dict[str, int] = {}
-    for number, row in enumerate(rows, 1):
-        key = str(row["id"])
-        if key in seen:
-            raise StageInputError(
-                f"Test problems {args.test_path!r}: id {key!r} appears twice (rows {seen[key]} and {number}; the "
-                f"{_row_unit(args)}); ids must be unique, since the report and completions.jsonl are keyed by them."
-            )
-        seen[key] = number
+        if not rows:
+            raise StageInputError(f"No test problems with a question in {args.test_path!r}.")
+    check_unique_ids(rows)  # the report and completions.jsonl are keyed by them
     return rows
-
-
-def _row_unit(args: EvalArguments) -> str:
-    plain_jsonl = args.preset is None and Path(args.test_path).suffix == ".jsonl"
-    return "line numbers of the file, blank lines not counted" if plain_jsonl else "row numbers of the source"
 
 
 def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
@@ -325,15 +318,15 @@ def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
     rows = read_test_rows(args)
     for path in [*args.models.values(), *([args.truncation_model] if args.truncation_model else [])]:
         check_model_source(path, "model path")
-    output_dir = check_writable_dir(args.output_dir, "eval output_dir")
+    output_dir = check_writable_output(args.output_dir, "Eval output folder", folder=True)
     rows = rows[: args.limit] if args.limit else rows
     grid = run_args.budget_grid
     models, records = run_evaluations(args, run_args, rows)
     # The correctness reward scores None where a gold cannot be read.
     num_unscored = len({record["id"] for record in records if record["correct"] is None})
     report = {"models": models, "budget_grid": grid, "num_problems": len(rows), "num_unscored": num_unscored}
-    write_rows(output_dir / "completions.jsonl", records)
-    write_json(output_dir / "report.json", report)
+    write_rows(output_dir / "completions.jsonl", records, "Completions file")
+    write_json(output_dir / "report.json", report, "Report file")
     table = markdown_table(report["models"], grid, num_unscored)
     (output_dir / "report.md").write_text(table, encoding="utf-8")
     from cotx_rl.plots import save_plots

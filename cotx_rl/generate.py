@@ -20,7 +20,6 @@ is logged, so that one sees how well the student keeps the budget on its own. Th
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -34,7 +33,15 @@ from cotx_rl.generation import (
     check_request,
     summarize,
 )
-from cotx_rl.io import StageInputError, check_output_path, check_writable_dir, read_rows, write_rows
+from cotx_rl.io import (
+    Rows,
+    StageInputError,
+    check_output_path,
+    check_rows,
+    check_writable_output,
+    read_rows,
+    write_rows,
+)
 from cotx_rl.models import check_model_source
 
 __all__ = ["BudgetedGenerator", "GenerateArguments", "main", "read_questions"]
@@ -93,50 +100,28 @@ class GenerateArguments:
             raise StageInputError("max_new_tokens and batch_size must be positive.")
 
 
-def read_questions(path: str | Path, question_column: str = "question") -> list[dict]:
-    """Input rows, each with a non-empty string under `question_column`; a bad line is a `StageInputError` naming it.
+def read_questions(path: str | Path, question_column: str = "question") -> Rows:
+    """Input rows, each with a non-empty string under `question_column`; a bad line is a `StageInputError` naming the
+    file and the line.
 
     JSONL is read line by line (blank lines skipped), JSON/CSV/Parquet as tables, anything else as plain text with one
     question per line.
     """
     path = Path(path)
+    if path.suffix in (".jsonl", *STRUCTURED_SUFFIXES):
+        rows = read_rows(path, "Input")
+        check_rows(rows, [], text_columns=[question_column])
+        return rows
     if not path.is_file():
         raise StageInputError(f"Input {str(path)!r} " + ("is not a file." if path.exists() else "does not exist."))
-    if path.suffix in STRUCTURED_SUFFIXES:
-        rows, where = read_rows(path, "Input"), "row"
-    else:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as error:
-            raise StageInputError(f"Input {str(path)!r} is not UTF-8 text: {error}") from error
-        numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-        if path.suffix == ".jsonl":
-            rows = [_json_line(path, number, line) for number, line in numbered]
-        else:
-            rows = [{question_column: line.strip()} for _, line in numbered]
-        where = "line"
-        numbers = [number for number, _ in numbered]
-    if not rows:
-        raise StageInputError(f"Input {str(path)!r} has no questions.")
-    for index, row in enumerate(rows):
-        question = row.get(question_column)
-        if not isinstance(question, str) or not question.strip():
-            number = numbers[index] if where == "line" else index + 1
-            raise StageInputError(
-                f"Input {str(path)!r} {where} {number} has no {question_column!r} (a non-empty string); "
-                f"it has {sorted(row)}."
-            )
-    return rows
-
-
-def _json_line(path: Path, number: int, line: str) -> dict:
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise StageInputError(f"Input {str(path)!r} line {number} is not JSON: {error}") from error
-    if not isinstance(row, dict):
-        raise StageInputError(f"Input {str(path)!r} line {number} is not a JSON object.")
-    return row
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise StageInputError(f"Input {str(path)!r} is not UTF-8 text: {error}") from error
+    numbered = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise StageInputError(f"Input {str(path)!r} has no questions.")
+    return Rows([{question_column: line} for _, line in numbered], [n for n, _ in numbered], f"Input {str(path)!r}")
 
 
 def output_row(source: dict, generated: dict, question_column: str) -> dict:
@@ -155,7 +140,7 @@ def main(args: GenerateArguments, run_args: RunArguments | None = None) -> dict:
     run_args = run_args or RunArguments()
     rows = read_questions(args.input, args.question_column)
     output = check_output_path(args.output, "Output file")
-    check_writable_dir(output.parent, "Output folder")
+    check_writable_output(output, "Output file")
     check_model_source(args.model, "model")
     generator = BudgetedGenerator(
         args.model, engine=args.engine, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -164,7 +149,9 @@ def main(args: GenerateArguments, run_args: RunArguments | None = None) -> dict:
     )  # fmt: skip
     questions = [row[args.question_column] for row in rows]
     generated = generator.generate(questions, args.budget_mode, args.budget_tokens, args.hard_stop)
-    write_rows(output, [output_row(row, gen, args.question_column) for row, gen in zip(rows, generated)])
+    write_rows(
+        output, [output_row(row, gen, args.question_column) for row, gen in zip(rows, generated)], "Output file"
+    )
     hard_stop = HARD_STOP_BY_DEFAULT[args.budget_mode] if args.hard_stop is None else args.hard_stop
     summary = {"budget_mode": args.budget_mode, "budget_tokens": args.budget_tokens, "hard_stop": hard_stop}
     summary |= summarize(generated)

@@ -5,6 +5,12 @@ modes. Rewards come from the recipe by registry name or dotted path (`rewards.lo
 rewards that take a `tokenizer` get the student's. Per-mode budget metrics are logged every step by the budget
 rewards (through TRL's `log_metric` hook), and `log_completions: true` logs a table of sample completions to W&B.
 
+Problems are checked before anything loads: a row without `question` or `answer`, with an empty question, or with a
+`budget_mode`/`budget_tokens` it cannot train on stops the stage with one message naming the file, the line and the id.
+Golds written as numbers (`42`, `0.5`) are read as their text. A row whose gold is null or empty is dropped, and the
+log counts the drops and names their lines: its completions would all score None (no signal to learn from), as the
+verify stage drops such rows as `unreadable_gold`. The output folder is checked for writability first.
+
 Run: `accelerate launch -m cotx_rl.grpo --config recipes/tiny/grpo.yaml` or `cotx-rl grpo --config ...`.
 """
 
@@ -17,10 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rewards
-from cotx_rl.budget import BudgetSettingError, check_mode_proportions
+from cotx_rl.budget import BUDGET_MODES, BudgetSettingError, check_mode_proportions
 from cotx_rl.chat import prompt_messages
 from cotx_rl.config import RunArguments
-from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns
+from cotx_rl.io import (
+    JSONDict,
+    Rows,
+    StageInputError,
+    check_rows,
+    check_writable_output,
+    gold_text,
+    listing,
+    read_rows,
+    refuse_rows,
+)
 from cotx_rl.models import check_model_source, load_policy, load_tokenizer
 from cotx_rl.tracking import configure_wandb
 from cotx_rl.training import train_and_save
@@ -55,6 +71,31 @@ class GRPOScriptArguments:
             self.mode_proportions = JSONDict(check_mode_proportions(self.mode_proportions))
         except BudgetSettingError as error:
             raise StageInputError(str(error)) from error
+
+
+def load_problems(path: str, grid: list[int], num_problems: int | None = None) -> Rows:
+    """The problems to train on: checked rows (see the module's docstring), golds as text, the first `num_problems`."""
+    rows = read_rows(path, "GRPO problems")
+    check_rows(rows, ["question", "answer"], text_columns=["question"], nullable=["answer"])
+    bad = []
+    for index, row in enumerate(rows):
+        mode, budget = row.get("budget_mode"), row.get("budget_tokens")
+        if mode not in (None, "", *BUDGET_MODES):
+            bad.append((index, f"budget_mode is {mode!r}, not one of {', '.join(BUDGET_MODES)}"))
+        elif mode in ("exact", "max") and budget not in grid:
+            bad.append((index, f"budget_tokens is {budget!r} in {mode} mode, outside budget_grid {grid}"))
+    refuse_rows(rows, bad, "fix the row, or leave budget_mode empty to have a mode and budget drawn")
+    no_gold = [i for i, row in enumerate(rows) if gold_text(row["answer"]) is None]
+    if no_gold:
+        logger.warning("%s: dropped %d rows without a gold answer (%s): their rewards would be undefined.", rows.name,
+                       len(no_gold), listing([rows.line_numbers[i] for i in no_gold], rows.unit))  # fmt: skip
+        dropped = set(no_gold)
+        rows = rows.select(i for i in range(len(rows)) if i not in dropped)
+    if not rows:
+        raise StageInputError(f"GRPO problems {path!r} has no row with a gold answer; fill in the answer column.")
+    for row in rows:
+        row["answer"] = gold_text(row["answer"])
+    return rows.select(range(min(num_problems, len(rows)))) if num_problems else rows
 
 
 def budgeted_prompts(rows: list[dict], args: GRPOScriptArguments, grid: list[int], seed: int) -> list[dict]:
@@ -135,9 +176,8 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, run_args: 
     run_args = run_args or RunArguments()
     check_settings(script_args, training_args, run_args, PartialState().num_processes)
     check_model_source(script_args.sft_model_path, "sft_model_path")
-    rows = read_rows(script_args.problems_path, "GRPO problems")
-    require_columns(rows, ["question", "answer"], f"GRPO problems {script_args.problems_path!r}")
-    rows = rows[: script_args.num_problems] if script_args.num_problems else rows
+    check_writable_output(training_args.output_dir, "GRPO output_dir", folder=True)
+    rows = load_problems(script_args.problems_path, run_args.budget_grid, script_args.num_problems)
     tokenizer = load_tokenizer(script_args.sft_model_path)
     reward_funcs = build_rewards(script_args, tokenizer)
     dataset = Dataset.from_list(budgeted_prompts(rows, script_args, run_args.budget_grid, training_args.seed))

@@ -19,7 +19,9 @@ recipe sets `resume_from_checkpoint`). `force: true` (or `--force true`) runs ev
 runs that stage and all after it again; `until: <id>` stops after that stage.
 
 Stages run in this process by default (`launcher: python`), or as `accelerate launch` subprocesses
-(`launcher: accelerate`, with `accelerate_config`) for multi-GPU training.
+(`launcher: accelerate`, with `accelerate_config`) for multi-GPU training. A stage's bad input stops the pipeline with
+that stage's one-line message, prefixed with the stage id (exit code 2); Ctrl-C stops it with exit code 130, and the
+stage it stopped is not marked done, so a rerun starts there.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from cotx_rl.cli import STAGES, run_stage
 from cotx_rl.config import declared_keys
-from cotx_rl.io import StageInputError, write_json
+from cotx_rl.io import StageInputError, check_writable_output, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +119,25 @@ def stage_argv(spec: dict, run_flags: list[str] = ()) -> list[str]:
 
 
 def run_in_subprocess(spec: dict, argv: list[str]) -> None:
+    """Run one stage under `accelerate launch`; its exit code 2 (bad input, already explained on stderr) and 130
+    (interrupted) stay what they are, any other failure is an error."""
     command = ["accelerate", "launch"]
     if spec.get("accelerate_config"):
         command += ["--config_file", spec["accelerate_config"]]
     command += ["-m", f"cotx_rl.{spec['stage']}", *argv]
     logger.info("Running %s", shlex.join(command))
     completed = subprocess.run(command, check=False)
+    if completed.returncode == 2:
+        raise StageInputError(f"stopped on bad input (its message is above): {shlex.join(command)}")
+    if completed.returncode in (130, -2):
+        raise KeyboardInterrupt
     if completed.returncode:
         raise RuntimeError(f"Stage {spec['id']!r} failed with exit code {completed.returncode}: {shlex.join(command)}")
 
 
 def main(args: PipelineArguments) -> dict[str, float]:
     """Run the stages not done yet; returns the seconds each stage run now took."""
+    check_writable_output(args.output_dir, "Pipeline output folder", folder=True)
     done_dir = Path(args.output_dir) / ".done"
     done_dir.mkdir(parents=True, exist_ok=True)
     rerun = args.force
@@ -145,10 +154,16 @@ def main(args: PipelineArguments) -> dict[str, float]:
         argv = stage_argv(spec, run_level_flags(args, spec["stage"]))
         logger.info("Stage %s: %s %s", spec["id"], spec["stage"], shlex.join(argv))
         started = time.perf_counter()
-        if spec.get("launcher", "python") == "accelerate":
-            run_in_subprocess(spec, argv)
-        else:
-            run_stage(spec["stage"], argv)
+        try:
+            if spec.get("launcher", "python") == "accelerate":
+                run_in_subprocess(spec, argv)
+            else:
+                run_stage(spec["stage"], argv)
+        except StageInputError as error:
+            raise StageInputError(f"stage {spec['id']!r} ({spec['stage']}): {error}") from error
+        except KeyboardInterrupt:
+            logger.warning("Stage %s interrupted; it is not marked done, so a rerun starts at it.", spec["id"])
+            raise
         timings[spec["id"]] = round(time.perf_counter() - started, 1)
         marker.write_text(f"{timings[spec['id']]}\n", encoding="utf-8")
         logger.info("Stage %s done in %.1f s.", spec["id"], timings[spec["id"]])

@@ -5,18 +5,42 @@ columns of the source. Presets read the common formats: `gsm8k` (gold after `###
 `answer` column, or the last `\\boxed{}` of `solution`; difficulty from `level`), `aime` and `amc` (`id`, `problem`,
 `answer`, as in AI-MO's AIME and AMC validation sets) and `qwq` (QwQ's evaluation files: `prompt`, `answer`).
 [`read_problems`] maps a file or dataset split the same way for the `eval` stage.
+
+What the stage refuses, drops and counts:
+- a row without a column the mapping needs, a null id, or an id that appears twice (within a split or across the
+  source's train and test splits) is refused with one message naming the file, the line and the id;
+- a row without a question (null or empty) or without a readable gold (null, empty, or none after `####`) is dropped,
+  and the log counts the drops and names their lines; golds written as numbers (`42`, `0.5`) are read as their text;
+- `test_size` splits by question, not by row: rows with the same question (whitespace aside) go to the same side, so
+  that repeats, which made-up ids would hide, never put a test question in training; the log counts such repeats;
+- when the source has its own train and test splits, train rows whose question is also in test are dropped (and
+  counted): the test split stays as published.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cotx_rl import arithmetic
-from cotx_rl.io import READABLE_SUFFIXES, StageInputError, load_dataset_file, write_rows
+from cotx_rl.io import (
+    READABLE_SUFFIXES,
+    Rows,
+    StageInputError,
+    check_unique_ids,
+    check_writable_output,
+    gold_text,
+    listing,
+    read_rows,
+    refuse_rows,
+    require_columns,
+    write_rows,
+)
 from rewards.correctness import extract_final_answer
 
 logger = logging.getLogger(__name__)
@@ -102,17 +126,23 @@ class ProblemsArguments:
 
 
 def read_gold(row: dict, args: ProblemsArguments) -> str | None:
+    """The gold answer as text (numbers as their decimal spelling), or None when there is none to read."""
     value = row.get(args.answer_column)
     if args.answer_format == "gsm8k":
-        if value is None or "####" not in str(value):
+        if not isinstance(value, str) or "####" not in value:
             return None
-        return str(value).rsplit("####", 1)[1].strip()
+        return gold_text(value.rsplit("####", 1)[1])
     if args.answer_format == "boxed":
-        if value not in (None, ""):
-            return str(value).strip()
+        if gold_text(value) is not None:
+            return gold_text(value)
         solution = row.get(args.solution_column or "", "") or ""
         return extract_final_answer(str(solution))
-    return None if value is None else str(value).strip()
+    return gold_text(value)
+
+
+def question_key(question: str) -> str:
+    """Questions that differ only in whitespace are the same question."""
+    return " ".join(question.split())
 
 
 def read_difficulty(value) -> int | float | None:
@@ -122,43 +152,124 @@ def read_difficulty(value) -> int | float | None:
     return None if match is None else float(match.group()) if "." in match.group() else int(match.group())
 
 
-def to_problem_rows(
-    records: list[dict], args: ProblemsArguments, split: str, source_name: str, keep_unreadable: bool = False
-) -> list[dict]:
-    """Map source records to problem rows; records without a readable gold are dropped (and counted), or kept with
-    `answer` None when `keep_unreadable` (evaluation counts them apart)."""
-    missing = [c for c in (args.question_column,) if c not in records[0]]
-    if args.answer_column not in records[0] and not (args.solution_column and args.solution_column in records[0]):
-        missing.append(args.answer_column)
-    for optional in (args.id_column, args.difficulty_column):
-        if optional and optional not in records[0]:
-            missing.append(optional)
-    if missing:
-        raise StageInputError(f"Source {source_name!r} lacks column(s) {missing}; it has {sorted(records[0])}.")
-    rows, unreadable = [], 0
-    for index, record in enumerate(records):
+def to_problem_rows(records: Rows, args: ProblemsArguments, keep_unreadable: bool = False) -> Rows:
+    """Map source records to problem rows (made-up ids come later, per split).
+
+    Records without a question or without a readable gold are dropped, and the log counts them by line (with
+    `keep_unreadable`, those without a readable gold are kept with `answer` None: evaluation counts them apart); a
+    record without a column the mapping needs, or with a null id, is refused.
+    """
+    columns = [args.question_column]
+    if args.answer_format != "boxed" or not args.solution_column:
+        columns.append(args.answer_column)
+    columns += [c for c in (args.id_column, args.difficulty_column) if c]
+    require_columns(records, columns)
+    if args.answer_format == "boxed" and args.solution_column:
+        bad = [(i, f"lacks both {args.answer_column!r} and {args.solution_column!r}") for i, record in
+               enumerate(records) if args.answer_column not in record and args.solution_column not in record]  # fmt: skip
+        refuse_rows(records, bad, "every row needs a gold answer or a worked solution")
+    if args.id_column:
+        bad = [(i, f"{args.id_column} is null") for i, record in enumerate(records) if record[args.id_column] is None]
+        refuse_rows(records, bad, "give every row an id, or drop id_column to have ids made up")
+    kept, line_numbers = [], []
+    dropped: dict[str, list[int]] = {
+        "without a question (null, empty or not text)": [],
+        "without a readable gold answer": [],
+    }
+    for record, number in zip(records, records.line_numbers):
+        question = record[args.question_column]
         gold = read_gold(record, args)
-        if not gold:
-            unreadable += 1
+        if not isinstance(question, str) or not question.strip():
+            dropped["without a question (null, empty or not text)"].append(number)
+            continue
+        if gold is None:
+            dropped["without a readable gold answer"].append(number)
             if not keep_unreadable:
                 continue
-        row = dict(record)
+        row = {"id": None, **record}  # id first for people who read the file; made up later when not given
         row.update(
-            id=str(record[args.id_column]) if args.id_column else f"{Path(source_name).stem}-{split}-{index:06d}",
-            question=str(record[args.question_column]),
-            answer=gold or None,
-            source=record.get("source", source_name),
+            question=question,
+            answer=gold,
+            source=record.get("source", args.source),
             difficulty=read_difficulty(record.get(args.difficulty_column)) if args.difficulty_column else None,
         )
-        rows.append(row)
-    if unreadable:
-        what = "kept (not scored)" if keep_unreadable else "dropped"
-        logger.warning("%s/%s: %s %d rows without a readable gold answer.", source_name, split, what, unreadable)
-    return rows
+        if args.id_column:
+            row["id"] = str(record[args.id_column])
+        kept.append(row)
+        line_numbers.append(number)
+    for reason, numbers in dropped.items():
+        if numbers:
+            what = "kept (not scored)" if keep_unreadable and "gold" in reason else "dropped"
+            logger.warning("%s: %s %d rows %s (%s).", records.name, what, len(numbers), reason,
+                           listing(numbers, records.unit))  # fmt: skip
+    return Rows(kept, line_numbers, records.name, records.unit)
 
 
-def read_problems(source: str, preset: str | None = None, split: str = "test", keep_unreadable: bool = False):
-    """Problem rows from a local file or a dataset split, columns mapped by `preset` as the `problems` stage maps them.
+def split_by_question(rows: Rows, test_size: float, seed: int) -> dict[str, Rows]:
+    """Hold out about `test_size` of the rows as test, whole questions at a time, both sides in source order.
+
+    Rows with the same question form one group, and a group goes to one side whole: a question repeated under two
+    made-up ids is never in training and in test at once.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(question_key(row["question"]), []).append(index)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    test_target = math.ceil(test_size * len(rows))
+    test: list[int] = []
+    for group in order:
+        if len(test) + len(group) <= test_target:
+            test.extend(group)
+    held_out = set(test)
+    return {"train": rows.select(i for i in range(len(rows)) if i not in held_out), "test": rows.select(sorted(test))}
+
+
+def separate_splits(splits: dict[str, Rows]) -> dict[str, Rows]:
+    """Splits given by the source: no id may be in both; train rows whose question is also in test are dropped."""
+    if "test" not in splits:
+        return splits
+    train, test = splits["train"], splits["test"]
+    test_ids = {row["id"]: number for row, number in zip(test, test.line_numbers) if "id" in row}
+    for row, number in zip(train, train.line_numbers):
+        if row.get("id") in test_ids:
+            raise StageInputError(
+                f"{train.name} {train.unit} {number} and {test.name} {test.unit} {test_ids[row['id']]} share id "
+                f"{row['id']!r}; ids must be unique across splits: fix the source or drop id_column to make ids up."
+            )
+    test_questions = {question_key(row["question"]) for row in test}
+    leaked = [i for i, row in enumerate(train) if question_key(row["question"]) in test_questions]
+    if leaked:
+        logger.warning("%s: dropped %d rows whose question is also in the test split (%s).", train.name, len(leaked),
+                       listing([train.line_numbers[i] for i in leaked], train.unit))  # fmt: skip
+        leaked_set = set(leaked)
+        splits = {**splits, "train": train.select(i for i in range(len(train)) if i not in leaked_set)}
+    return splits
+
+
+def load_source(args: ProblemsArguments) -> dict[str, Rows]:
+    """Records per split from a local file or a dataset name (`all` for one file that `test_size` will split)."""
+    path = Path(args.source)
+    if path.suffix in READABLE_SUFFIXES or path.exists():
+        return {"all" if args.test_size else "train": read_rows(path, "Problems file")}
+    import datasets
+
+    splits = {"train": args.train_split} | ({"test": args.test_split} if args.test_split else {})
+    loaded = {}
+    for name, split in splits.items():
+        try:
+            records = datasets.load_dataset(args.source, args.dataset_config, split=split).to_list()
+        except Exception as error:  # the hub, a script or a bad split: all end here with the same message
+            raise StageInputError(f"Cannot load dataset {args.source!r} split {split!r}: {error}") from error
+        if not records:
+            raise StageInputError(f"Dataset {args.source!r} split {split!r} has no rows.")
+        loaded[name] = Rows(records, name=f"Dataset {args.source!r} split {split!r}", unit="row")
+    return loaded
+
+
+def read_problems(source: str, preset: str | None = None, split: str = "test", keep_unreadable: bool = False) -> Rows:
+    """Problem rows from a local file or a dataset split, columns mapped by `preset` as the `problems` stage maps them,
+    with their line numbers; ids made up (`<stem>-<split>-<index>`) when the preset names no id column.
 
     Args:
         source: a local file (.jsonl/.json/.parquet/.csv) or a dataset name for `datasets.load_dataset`.
@@ -167,34 +278,43 @@ def read_problems(source: str, preset: str | None = None, split: str = "test", k
         keep_unreadable: keep rows whose gold cannot be read, with `answer` None.
     """
     args = ProblemsArguments(output_dir="", source=source, preset=preset, train_split=split, test_split=None)
-    records = load_source(args)["train"]
-    return to_problem_rows(records, args, split, source, keep_unreadable=keep_unreadable)
+    rows = to_problem_rows(load_source(args)["train"], args, keep_unreadable=keep_unreadable)
+    if not args.id_column:
+        for index, row in enumerate(rows):
+            row["id"] = f"{Path(source).stem}-{split}-{index:06d}"
+    return rows
 
 
-def load_source(args: ProblemsArguments) -> dict[str, list[dict]]:
-    """Records per split from a local file or a dataset name."""
-    path = Path(args.source)
-    if path.suffix in READABLE_SUFFIXES or path.exists():
-        dataset = load_dataset_file(path, "Problems file")
-        if args.test_size:
-            parts = dataset.train_test_split(test_size=args.test_size, seed=args.seed)
-            return {"train": parts["train"].to_list(), "test": parts["test"].to_list()}
-        return {"train": dataset.to_list()}
-    import datasets
-
-    splits = {"train": args.train_split} | ({"test": args.test_split} if args.test_split else {})
-    loaded = {}
-    for name, split in splits.items():
-        try:
-            loaded[name] = datasets.load_dataset(args.source, args.dataset_config, split=split).to_list()
-        except Exception as error:  # the hub, a script or a bad split: all end here with the same message
-            raise StageInputError(f"Cannot load dataset {args.source!r} split {split!r}: {error}") from error
-    return loaded
+def problems_from_source(args: ProblemsArguments) -> dict[str, list[dict]]:
+    """Problem rows per split from a file or a dataset, checked, split and capped, with their ids."""
+    tables = {name: to_problem_rows(records, args) for name, records in load_source(args).items()}
+    if args.id_column:
+        for table in tables.values():
+            check_unique_ids(table)
+    if "all" in tables:
+        tables = split_by_question(tables["all"], args.test_size, args.seed)
+    else:
+        tables = separate_splits(tables)
+    caps = {"train": args.num_train, "test": args.num_test}
+    splits = {}
+    stem = Path(args.source).stem
+    for name, table in tables.items():
+        rows = list(table[: caps[name]] if caps[name] else table)
+        if not args.id_column:
+            for index, row in enumerate(rows):
+                row["id"] = f"{stem}-{name}-{index:06d}"
+        repeats = len(rows) - len({question_key(row["question"]) for row in rows})
+        if repeats:
+            logger.warning("%s %s: %d rows repeat a question of another row (kept, on this side only).", args.source,
+                           name, repeats)  # fmt: skip
+        splits[name] = rows
+    return splits
 
 
 def main(args: ProblemsArguments) -> dict[str, Path]:
     """Write `train.jsonl` (and `test.jsonl`) to `args.output_dir`; returns the paths by split."""
     output_dir = Path(args.output_dir)
+    check_writable_output(output_dir, "Problems output folder", folder=True)
     if args.source == "embedded":
         domain = dict(
             seed=args.seed,
@@ -203,22 +323,21 @@ def main(args: ProblemsArguments) -> dict[str, Path]:
             max_value=args.max_value,
             max_operand=args.max_operand,
         )
-        splits = {
-            "train": arithmetic.make_problems(args.num_train or 1000, "train", **domain),
-            "test": arithmetic.make_problems(args.num_test or 200, "test", **domain),
-        }
+        try:
+            splits = {
+                "train": arithmetic.make_problems(args.num_train or 1000, "train", **domain),
+                "test": arithmetic.make_problems(args.num_test or 200, "test", **domain),
+            }
+        except ValueError as error:  # the domain settings ask for more problems than it has, or make no sense
+            raise StageInputError(str(error)) from error
     else:
-        records = load_source(args)
-        caps = {"train": args.num_train, "test": args.num_test}
-        splits = {
-            name: to_problem_rows(rows[: caps[name]] if caps[name] else rows, args, name, args.source)
-            for name, rows in records.items()
-        }
-    paths = {}
+        splits = problems_from_source(args)
     for name, rows in splits.items():
         if not rows:
-            raise StageInputError(f"No {name} problems with a readable gold answer in {args.source!r}.")
-        paths[name] = write_rows(output_dir / f"{name}.jsonl", rows)
+            raise StageInputError(f"No {name} problems with a question and a readable gold answer in {args.source!r}.")
+    paths = {}
+    for name, rows in splits.items():
+        paths[name] = write_rows(output_dir / f"{name}.jsonl", rows, "Problems output file")
         logger.info("Wrote %d %s problems to %s", len(rows), name, paths[name])
     return paths
 

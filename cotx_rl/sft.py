@@ -4,6 +4,11 @@ Each example is a chat prompt (the question, then the budget directive of its mo
 format (`<budget>` first in `auto` mode, then the thought, then the answer); the loss is on the completion only.
 With `budgeted: false` the same stage trains on uncompressed traces without any directive: the full-CoT baseline.
 
+Every example is checked before the model loads: a missing column, an empty or null `question` or `reasoning`, a
+`budget_mode` other than exact, max and auto, or a `budget_tokens` that is not a positive integer (every mode needs
+one: `auto` examples carry the declared budget their `<budget>` tag shows) stops the stage with one message naming
+the file, the line, the id and the value. So does an `output_dir` that cannot be written.
+
 Run: `accelerate launch -m cotx_rl.sft --config recipes/tiny/sft.yaml` or `cotx-rl sft --config ...`.
 """
 
@@ -13,8 +18,9 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from cotx_rl.budget import BUDGET_MODES
 from cotx_rl.chat import chat_example
-from cotx_rl.io import StageInputError, read_rows, require_columns
+from cotx_rl.io import Rows, StageInputError, check_rows, check_writable_output, read_rows, refuse_rows
 from cotx_rl.models import EmbeddedStudentArguments, load_student, lora_config
 from cotx_rl.tracking import configure_wandb
 from cotx_rl.training import train_and_save
@@ -38,11 +44,26 @@ class SFTScriptArguments:
     )
 
 
+def check_examples(rows: Rows, budgeted: bool) -> None:
+    """Refuse, naming file, line, id and value, any example the chat rendering could not turn into a training pair."""
+    columns = ["question", "reasoning"] + (["budget_mode", "budget_tokens"] if budgeted else [])
+    check_rows(rows, columns, text_columns=["question", "reasoning"])
+    if not budgeted:
+        return
+    bad = []
+    for index, row in enumerate(rows):
+        mode, budget = row["budget_mode"], row["budget_tokens"]
+        if mode not in BUDGET_MODES:
+            bad.append((index, f"budget_mode is {mode!r}, not one of {', '.join(BUDGET_MODES)}"))
+        elif isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            bad.append((index, f"budget_tokens is {budget!r} in {mode} mode, not a positive integer"))
+    refuse_rows(rows, bad, "fix the row (the compress stage writes these columns) or remove it")
+
+
 def build_dataset(rows: list[dict], budgeted: bool):
+    """The chat prompt-completion pairs of rows that passed [`check_examples`]."""
     from datasets import Dataset
 
-    columns = ["question", "reasoning"] + (["budget_mode", "budget_tokens"] if budgeted else [])
-    require_columns(rows, columns, "SFT dataset")
     return Dataset.from_list([chat_example(row, budgeted) for row in rows])
 
 
@@ -72,7 +93,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
     """Train and save the student (model and tokenizer, markers included) to `training_args.output_dir`."""
     from trl import SFTTrainer
 
+    check_writable_output(training_args.output_dir, "SFT output_dir", folder=True)
     rows = read_rows(script_args.dataset_path, "SFT dataset")
+    check_examples(rows, script_args.budgeted)
     model, tokenizer = load_student(model_args, embedded_args, seed=training_args.seed)
     dataset = build_dataset(rows, script_args.budgeted).shuffle(seed=training_args.seed)
     dataset = check_lengths(dataset, tokenizer, training_args.max_length, script_args.drop_long_examples)

@@ -18,7 +18,7 @@ from cotx_rl.tiny import build_tiny_student, build_tiny_tokenizer
 from rewards.metrics import Outcome, auto_summary, budget_summary, percentile
 
 BUDGET_KEYS = {"accuracy", "mean_thinking_tokens", "mean_abs_rel_error", "mean_signed_rel_error", "in_budget_rate",
-               "p90_overshoot", "cut_off_rate", "wrong_rate", "num_scored", "num_unscored"}  # fmt: skip
+               "p90_overshoot", "cut_off_rate", "wrong_rate", "num_scored", "num_unscored", "mean_completion_tokens"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,9 @@ def test_completions_jsonl_holds_every_completion(evaluated, students):
         entry = report["models"][name]["exact" if mode is None else mode][str(budget)]
         assert entry["accuracy"] == pytest.approx(sum(r["correct"] for r in cell) / len(cell), abs=1e-4)
         assert entry["cut_off_rate"] == pytest.approx(sum(r["cut_off"] for r in cell) / len(cell), abs=1e-4)
+        assert entry["mean_completion_tokens"] == pytest.approx(
+            sum(r["completion_tokens"] for r in cell) / len(cell), abs=1e-4
+        )
         assert entry["mean_thinking_tokens"] == pytest.approx(
             sum(r["thinking_tokens"] for r in cell) / len(cell), abs=1e-4
         )
@@ -280,7 +283,7 @@ def test_duplicate_ids_are_refused(tmp_path):
     write_rows(tmp_path / "test.jsonl", problems)
     args = EvalArguments(test_path=str(tmp_path / "test.jsonl"), output_dir=str(tmp_path / "out"),
                          models={"sft": str(tmp_path)})  # fmt: skip
-    with pytest.raises(StageInputError, match=r"id 'a' appears twice \(rows 1 and 3"):
+    with pytest.raises(StageInputError, match=r"test.jsonl' repeats id 'a' on lines 1 and 3"):
         evaluate.main(args)
 
 
@@ -294,7 +297,7 @@ def test_unwritable_output_dir_fails_before_evaluating(students, tmp_path, monke
     monkeypatch.setattr(evaluate, "Student", no_evaluation)
     args = EvalArguments(test_path=str(folder / "test.jsonl"), output_dir=str(tmp_path / "taken" / "eval"),
                          models={"sft": paths["sft"]})  # fmt: skip
-    with pytest.raises(StageInputError, match="not a writable folder"):
+    with pytest.raises(StageInputError, match="taken' is a file where a folder should be"):
         evaluate.main(args)
 
 

@@ -389,11 +389,12 @@ def test_plain_text_input_and_summary(saved_student, tmp_path):
     "name,text,message",
     [
         ("q.jsonl", '{"question": "a"}\n{"question": "b"\n{"question": "c"}\n', "line 2 is not JSON"),
-        ("q.jsonl", '{"question": "a"}\n\n{"prompt": "b"}\n', "line 3 has no 'question'"),
-        ("q.jsonl", '{"question": "a"}\n["b"]\n', "line 2 is not a JSON object"),
-        ("q.jsonl", '{"question": ""}\n', "line 1 has no 'question'"),
+        ("q.jsonl", '{"question": "a"}\n\n{"prompt": "b"}\n', r"line 3: lacks column\(s\) \['question'\]"),
+        ("q.jsonl", '{"question": "a"}\n["b"]\n', "line 2 holds a JSON list"),
+        ("q.jsonl", '{"question": ""}\n', "line 1: question is empty"),
+        ("q.jsonl", '{"question": 7}\n', "line 1: question is a number"),
         ("q.txt", "\n\n", "has no questions"),
-        ("q.csv", "prompt\nhello\n", "row 1 has no 'question'"),
+        ("q.csv", "prompt\nhello\n", r"row 1: lacks column\(s\) \['question'\]"),
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path, name, text, message):
@@ -438,5 +439,5 @@ def test_unwritable_output_fails_before_the_model_loads(saved_student, tmp_path,
     monkeypatch.setattr(generate_stage, "BudgetedGenerator", no_loading)
     args = GenerateArguments(model=saved_student, input=str(tmp_path / "q.txt"),
                              output=str(tmp_path / "taken" / "a.jsonl"), budget_mode="max", budget_tokens=8)  # fmt: skip
-    with pytest.raises(StageInputError, match="not a writable folder"):
+    with pytest.raises(StageInputError, match="taken' is a file where a folder should be"):
         generate_stage.main(args)

@@ -152,5 +152,7 @@ def test_grpo_refuses_budgets_outside_the_grid(data, sft_model, tmp_path):
     rows = [{"id": "a", "question": "Compute 2 + 3.", "answer": "5", "budget_mode": "exact", "budget_tokens": 50}]
     write_rows(tmp_path / "p.jsonl", rows)
     argv = grpo_argv(data, sft_model, tmp_path / "grpo", "--problems_path", str(tmp_path / "p.jsonl"))
-    with pytest.raises(StageInputError, match="budget 50, outside budget_grid"):
+    with pytest.raises(
+        StageInputError, match="p.jsonl' line 1 \\(id 'a'\\): budget_tokens is 50 in exact mode, outside budget_grid"
+    ):
         run_grpo(argv)
