@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cotx_rl.budget import render_completion, render_prompt
+from cotx_rl.budget import THINK_START, render_completion, render_prompt
 
 
 def prompt_messages(question: str, budget_mode: str | None, budget_tokens: int | None = None) -> list[dict]:
@@ -38,3 +38,9 @@ def render_prompts(tokenizer: Any, user_texts: list[str]) -> list[str]:
         tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         for text in user_texts
     ]
+
+
+def template_opens_thought(tokenizer: Any) -> bool:
+    """Whether the chat template's generation prompt already opens the thought (ends in `<think>`, as newer
+    DeepSeek-R1-Distill templates do): the completion then starts inside the thought."""
+    return render_prompts(tokenizer, ["?"])[0].rstrip().endswith(THINK_START)

@@ -26,6 +26,7 @@ STAGES = {
     "sft": "Phase 1: supervised fine-tuning on budgeted examples (or full traces).",
     "grpo": "Phase 2: GRPO with the composite reward, starting from the SFT model.",
     "eval": "Accuracy and budget fidelity per mode and budget, with baselines, plots and a report.",
+    "generate": "Answer your questions with a student and a budget, enforced at decode time (a hard stop).",
     "pipeline": "Run every stage from one recipe, skipping the stages already done.",
 }
 

@@ -5,9 +5,16 @@ directive), `truncation` (the full-CoT student's thought force-closed at N token
 `grpo`, or any other name), evaluated in `exact` and `max` mode at every grid budget, in `auto` mode, and without a
 directive. Greedy decoding throughout.
 
-Outputs in `output_dir`: `report.json` (schema in the README), `report.md` (the table), and PNG plots: accuracy
-against mean thinking tokens (the Pareto picture), requested against actual thinking tokens, and thinking tokens by
-difficulty in `auto` mode. All are also logged to W&B when `report_to: wandb`.
+Outputs in `output_dir`: `completions.jsonl` (every completion, one row per problem and run: model, mode, budget,
+question, gold, completion, extracted answer, correctness, thinking tokens, cut off), `report.json` (schema in the
+README), `report.md` (the tables), and PNG plots: accuracy against mean thinking tokens (the Pareto picture), requested
+against actual thinking tokens, and thinking tokens by difficulty in `auto` mode. All are also logged to W&B when
+`report_to: wandb`, the completions as a table.
+
+A wrong answer and a completion cut off by a limit are counted apart: `cut_off_rate` is the share of completions that
+are not correct and did not end on their own (they ran into `max_new_tokens`, or, in the truncation baseline, the
+answer after the forced `</think>` ran into `answer_tokens`); `wrong_rate` is the rest of the incorrect ones. Problems
+whose gold cannot be read (null, or no answer in it) are left out of every rate and counted (`num_unscored`).
 """
 
 from __future__ import annotations
@@ -18,24 +25,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotx_rl.budget import THINK_END, THINK_START, count_thinking_tokens, parse_completion, render_prompt
+from cotx_rl.budget import render_prompt
 from cotx_rl.config import RunArguments
-from cotx_rl.io import JSONDict, StageInputError, read_rows, require_columns, write_json
-from cotx_rl.models import check_model_source, is_adapter, load_for_inference, load_tokenizer
+from cotx_rl.generation import BudgetedGenerator, Generation, ThoughtLimit, completion_fields
+from cotx_rl.io import (
+    JSONDict,
+    StageInputError,
+    check_rows,
+    check_unique_ids,
+    check_writable_output,
+    read_rows,
+    write_json,
+    write_rows,
+)
+from cotx_rl.models import check_model_source
 from cotx_rl.tracking import configure_wandb
 from rewards.correctness import correctness_reward
 from rewards.metrics import Outcome, auto_summary, budget_summary, plain_summary
 
 logger = logging.getLogger(__name__)
 BUDGET_MODELS_EXCLUDED = ("full_cot", "truncation")
+CUT_OFF_REASONS = ("length", "answer_cap")
+# The columns of completions.jsonl and of the W&B table, in this order.
+COMPLETION_COLUMNS = (
+    "model", "mode", "budget_tokens", "id", "question", "gold", "completion", "answer", "correct", "cut_off",
+    "thinking_tokens", "declared_budget_tokens", "hard_stopped", "completion_tokens", "finish_reason", "difficulty",
+)  # fmt: skip
 
 
 @dataclass
 class EvalArguments:
     """Every field is a recipe key of the `eval` stage."""
 
-    test_path: str = field(metadata={"help": "Test problems (`id`, `question`, `answer`, optional `difficulty`)."})
-    output_dir: str = field(metadata={"help": "Folder for report.json, report.md and the plots."})
+    test_path: str = field(
+        metadata={
+            "help": "Test problems: a file with `id`, `question`, `answer` (optional `difficulty`), or with `preset` "
+            "any file or dataset name in a preset's format (GSM8K, MATH-500, AIME, AMC)."
+        }
+    )
+    output_dir: str = field(
+        metadata={"help": "Folder for completions.jsonl, report.json, report.md and the plots (checked first)."}
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column mapping of test_path, as in the `problems` stage: gsm8k, math (MATH-500), aime, amc, qwq "
+            "(none: the file has `id`, `question`, `answer`)."
+        },
+    )
+    test_split: str = field(default="test", metadata={"help": "Split read when test_path is a dataset name."})
     models: JSONDict = field(
         default_factory=JSONDict,
         metadata={
@@ -71,159 +109,143 @@ class EvalArguments:
             raise StageInputError(f"Unknown engine {self.engine!r}; choose auto, vllm or transformers.")
         if not self.models:
             raise StageInputError("eval needs at least one model in `models` (name -> path).")
+        from cotx_rl.problems import PRESETS
+
+        if self.preset is not None and self.preset not in PRESETS:
+            raise StageInputError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
 
 
-def thinking_tokens_used(text: str, ids: list[int], tokenizer) -> int:
-    """Thinking tokens of a completion, also when it is malformed.
-
-    A well-formed completion counts what [`count_thinking_tokens`] counts; otherwise the thought runs from the first
-    `<think>` to the first `</think>` after it, or to the end when it never closes.
-    """
-    counted = count_thinking_tokens(text, tokenizer, ids)
-    if counted is not None:
-        return counted
-    start_id, end_id = tokenizer.convert_tokens_to_ids([THINK_START, THINK_END])
-    if start_id not in ids:
-        return 0
-    start = ids.index(start_id)
-    end = ids.index(end_id, start) if end_id in ids[start:] else len(ids)
-    return end - start - 1
+def score_completions(rows: list[dict], generations: list[Generation], tokenizer, run: dict) -> list[dict]:
+    """One completion record per problem of a run (`run`: model, mode, budget_tokens), scored against the gold."""
+    correct = correctness_reward([g.text for g in generations], [row["answer"] for row in rows])
+    records = []
+    for row, generation, score in zip(rows, generations, correct):
+        record = run | {"id": row["id"], "question": row["question"], "gold": row["answer"]}
+        record |= completion_fields(generation, tokenizer)
+        record["correct"] = None if score is None else bool(score)
+        # Not correct, and ended by a limit rather than by the student: cut off, not wrong.
+        record["cut_off"] = not score and generation.finish_reason in CUT_OFF_REASONS
+        record["difficulty"] = row.get("difficulty")
+        records.append({column: record[column] for column in COMPLETION_COLUMNS})
+    return records
 
 
-def score_completions(rows, texts, ids, tokenizer, budget_tokens: int | None, mode: str | None) -> list[Outcome]:
-    correct = correctness_reward(texts, [row["answer"] for row in rows])
+def outcomes_of(records: list[dict]) -> list[Outcome]:
+    """Scored records as metric outcomes, each held to its target (the declared budget in auto mode)."""
     outcomes = []
-    for row, text, token_ids, score in zip(rows, texts, ids, correct):
-        declared = parse_completion(text).declared_budget_tokens
-        target = declared if mode == "auto" else budget_tokens
+    for record in records:
+        if record["correct"] is None:
+            continue
+        mode, declared = record["mode"], record["declared_budget_tokens"]
+        target = declared if mode == "auto" else record["budget_tokens"]
         outcomes.append(
-            Outcome(
-                score or 0.0, thinking_tokens_used(text, token_ids, tokenizer), target, declared, row.get("difficulty")
-            )
+            Outcome(float(record["correct"]), record["thinking_tokens"], target, declared, record["difficulty"])
         )
     return outcomes
 
 
+def summarize(records: list[dict], kind: str) -> dict:
+    """A report cell from a run's records (`kind`: budget, auto or plain), over the scored ones only."""
+    scored = [r for r in records if r["correct"] is not None]
+    outcomes = outcomes_of(records)
+    if kind == "budget":
+        summary = budget_summary(outcomes)
+    elif kind == "auto":
+        summary = auto_summary(outcomes)
+    else:
+        summary = plain_summary(outcomes)
+        summary["by_difficulty"] = {
+            k: {"accuracy": v["accuracy"], "mean_thinking_tokens": v["mean_thinking_tokens"]}
+            for k, v in auto_summary(outcomes)["by_difficulty"].items()
+        }
+    cut_off = sum(r["cut_off"] for r in scored)
+    wrong = sum(not r["correct"] and not r["cut_off"] for r in scored)
+    summary.update(
+        # What a completion costs in all (thought, answer, tags), next to its thinking tokens.
+        mean_completion_tokens=round(sum(r["completion_tokens"] for r in scored) / len(scored), 4) if scored else None,
+        cut_off_rate=round(cut_off / len(scored), 4) if scored else None,
+        wrong_rate=round(wrong / len(scored), 4) if scored else None,
+        num_scored=len(scored),
+        num_unscored=len(records) - len(scored),
+    )
+    return summary
+
+
 class Student:
-    """One model under evaluation: its tokenizer and a greedy `complete(user_texts, close_thought_at, desc)`."""
+    """One model under evaluation: a [`BudgetedGenerator`] whose runs are kept as completion records."""
 
-    def __init__(self, path: str, args: EvalArguments, run_args: RunArguments):
-        self.args, self.run_args = args, run_args
-        if use_vllm(args.engine):
-            from cotx_rl.generation import VLLMGenerator
-
-            self.tokenizer = load_tokenizer(path)
-            self.vllm = VLLMGenerator(merged_model_path(path, args.output_dir), dtype=args.dtype)
-        else:
-            self.model, self.tokenizer = load_for_inference(path, args.device, args.dtype)
-            self.vllm = None
-
-    def complete(self, user_texts: list[str], close_thought_at: int | None = None, desc: str = "generate"):
-        answer_tokens = self.run_args.answer_tokens if close_thought_at is not None else None
-        if self.vllm is not None:
-            return self.vllm.generate(
-                self.tokenizer, user_texts, self.args.max_new_tokens, close_thought_at, answer_tokens
-            )
-        from cotx_rl.generation import generate
-
-        return generate(
-            self.model, self.tokenizer, user_texts, self.args.max_new_tokens, self.args.batch_size,
-            close_thought_at=close_thought_at, desc=desc, max_answer_tokens=answer_tokens,
+    def __init__(self, name: str, path: str, args: EvalArguments, run_args: RunArguments):
+        self.name, self.run_args = name, run_args
+        self.generator = BudgetedGenerator(
+            path, engine=args.engine, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            answer_tokens=run_args.answer_tokens, device=args.device, dtype=args.dtype, work_dir=args.output_dir,
         )  # fmt: skip
+        self.tokenizer = self.generator.tokenizer
+        self.records: list[dict] = []
 
-    def outcomes(self, rows, mode: str | None, budget: int | None, close_thought_at: int | None = None, desc=""):
+    def run(self, rows, mode: str | None, budget: int | None, limit: ThoughtLimit | None = None, name=None):
+        """Completion records of one run (greedy, no hard stop unless `limit`), also kept in `self.records`."""
+        name = name or self.name
         prompts = [render_prompt(row["question"], mode, budget if mode != "auto" else None) for row in rows]
-        texts, ids = self.complete(prompts, close_thought_at, desc)
-        return score_completions(rows, texts, ids, self.tokenizer, budget, mode)
+        generations = self.generator.complete(
+            prompts, limit, desc=f"{name} {mode or ('closed at' if limit else 'unbudgeted')} {budget or ''}"
+        )
+        run = {"model": name, "mode": mode, "budget_tokens": budget}
+        records = score_completions(rows, generations, self.tokenizer, run)
+        self.records += records
+        return records
 
 
-def use_vllm(engine: str) -> bool:
-    from cotx_rl.generation import vllm_usable
-
-    if engine == "vllm" and not vllm_usable():
-        raise StageInputError("engine: vllm needs vLLM installed and a GPU; use engine: transformers here.")
-    return engine == "vllm" or (engine == "auto" and vllm_usable())
-
-
-def merged_model_path(path: str, output_dir: str) -> str:
-    """vLLM loads full models: a LoRA adapter is merged onto its base and saved next to the report first."""
-    if not is_adapter(path):
-        return path
-    model, tokenizer = load_for_inference(path, "cpu")
-    merged = Path(output_dir) / "merged" / Path(path).name
-    model.save_pretrained(merged)
-    tokenizer.save_pretrained(merged)
-    return str(merged)
-
-
-def evaluate_budget_student(student: Student, rows, args: EvalArguments, name: str) -> dict:
+def evaluate_budget_student(student: Student, rows, args: EvalArguments) -> dict:
     result = {}
     for mode in ("exact", "max"):
         if mode in args.modes:
             result[mode] = {
-                str(budget): budget_summary(student.outcomes(rows, mode, budget, desc=f"{name} {mode} {budget}"))
+                str(budget): summarize(student.run(rows, mode, budget), "budget")
                 for budget in student.run_args.budget_grid
             }
     if "auto" in args.modes:
-        result["auto"] = auto_summary(student.outcomes(rows, "auto", None, desc=f"{name} auto"))
+        result["auto"] = summarize(student.run(rows, "auto", None), "auto")
     if "unbudgeted" in args.modes:
-        result["unbudgeted"] = evaluate_unbudgeted(student, rows, name)
+        result["unbudgeted"] = summarize(student.run(rows, None, None), "plain")
     return result
 
 
-def evaluate_unbudgeted(student: Student, rows, name: str) -> dict:
-    outcomes = student.outcomes(rows, None, None, desc=f"{name} unbudgeted")
-    summary = plain_summary(outcomes)
-    summary["by_difficulty"] = {
-        k: {"accuracy": v["accuracy"], "mean_thinking_tokens": v["mean_thinking_tokens"]}
-        for k, v in auto_summary(outcomes)["by_difficulty"].items()
-    }
-    return summary
-
-
-def evaluate_truncation(student: Student, rows, args: EvalArguments) -> dict:
+def evaluate_truncation(student: Student, rows) -> dict:
     """The student's thought cut at N tokens and closed; reported under `exact` and `max` (same completions)."""
     exact = {}
     for budget in student.run_args.budget_grid:
-        outcomes = student.outcomes(rows, None, budget, close_thought_at=budget, desc=f"truncation {budget}")
-        exact[str(budget)] = budget_summary(outcomes)
+        limit = ThoughtLimit(budget, student.run_args.answer_tokens)
+        exact[str(budget)] = summarize(student.run(rows, None, budget, limit, name="truncation"), "budget")
     return {"exact": exact, "max": dict(exact)}
 
 
-def run_evaluations(args: EvalArguments, run_args: RunArguments, rows: list[dict]) -> dict:
+def run_evaluations(args: EvalArguments, run_args: RunArguments, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """The report's `models` section, and every completion record (in run order)."""
     report: dict[str, Any] = {}
+    records: list[dict] = []
     truncation_path = args.truncation_model or args.models.get("full_cot")
     for name, path in args.models.items():
-        student = Student(path, args, run_args)
+        student = Student(name, path, args, run_args)
         if name == "full_cot":
-            report[name] = {"unbudgeted": evaluate_unbudgeted(student, rows, name)}
+            report[name] = {"unbudgeted": summarize(student.run(rows, None, None), "plain")}
         else:
-            report[name] = evaluate_budget_student(student, rows, args, name)
+            report[name] = evaluate_budget_student(student, rows, args)
         if path == truncation_path:
-            report["truncation"] = evaluate_truncation(student, rows, args)
+            report["truncation"] = evaluate_truncation(student, rows)
+        records += student.records
         del student
     if truncation_path and "truncation" not in report:
-        report["truncation"] = evaluate_truncation(Student(truncation_path, args, run_args), rows, args)
-    return report
+        student = Student("truncation", truncation_path, args, run_args)
+        report["truncation"] = evaluate_truncation(student, rows)
+        records += student.records
+    return report, records
 
 
-def markdown_table(report: dict, grid: list[int]) -> str:
-    """One row per model and mode: accuracy (and mean thinking tokens) per budget, then auto and unbudgeted."""
-
-    def cell(entry: dict | None, error_key: str | None = None) -> str:
-        if not entry:
-            return "-"
-        text = f"{100 * entry['accuracy']:.1f}% / {entry['mean_thinking_tokens']:.0f}"
-        if error_key and entry.get(error_key) is not None:
-            text += f" / {100 * entry[error_key]:.1f}%"
-        return text
-
-    header = "| model | mode | " + " | ".join(f"N={b}" for b in grid) + " | auto | unbudgeted |"
+def _table(report: dict, grid: list[int], cell) -> list[str]:
+    """One row per model and mode, `cell(entry, error_key)` per budget, then auto and unbudgeted."""
     lines = [
-        "Cells: accuracy / mean thinking tokens / budget error (exact: mean \\|n-N\\|/N; max: in-budget rate; "
-        "auto: mean \\|n-declared\\|/declared).",
-        "",
-        header,
+        "| model | mode | " + " | ".join(f"N={b}" for b in grid) + " | auto | unbudgeted |",
         "|" + "---|" * (len(grid) + 4),
     ]
     for name, modes in report.items():
@@ -231,37 +253,94 @@ def markdown_table(report: dict, grid: list[int]) -> str:
             if mode in modes:
                 cells = [cell(modes[mode].get(str(b)), key) for b in grid]
                 lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " | - | - |")
-        extra = [cell(modes.get("auto"), "mean_abs_rel_error"), cell(modes.get("unbudgeted"))]
+        extra = [cell(modes.get("auto"), "mean_abs_rel_error"), cell(modes.get("unbudgeted"), None)]
         if any(c != "-" for c in extra):
             lines.append(
                 f"| {name} | auto / none | " + " | ".join("-" for _ in grid) + f" | {extra[0]} | {extra[1]} |"
             )
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown_table(report: dict, grid: list[int], num_unscored: int = 0) -> str:
+    """Two tables, one row per model and mode: accuracy, mean thinking tokens and budget error per budget; then how
+    the incorrect answers split into wrong and cut off."""
+
+    def main_cell(entry: dict | None, error_key: str | None) -> str:
+        if not entry:
+            return "-"
+        tokens = entry["mean_thinking_tokens"]
+        text = f"{_percent(entry['accuracy'])} / {'n/a' if tokens is None else f'{tokens:.0f}'}"
+        if error_key and entry.get(error_key) is not None:
+            text += f" / {_percent(entry[error_key])}"
+        return text
+
+    def failure_cell(entry: dict | None, error_key: str | None) -> str:
+        return "-" if not entry else f"{_percent(entry.get('wrong_rate'))} / {_percent(entry.get('cut_off_rate'))}"
+
+    lines = [
+        "Cells: accuracy / mean thinking tokens / budget error (exact: mean \\|n-N\\|/N; max: in-budget rate; "
+        "auto: mean \\|n-declared\\|/declared).",
+        "",
+        *_table(report, grid, main_cell),
+        "",
+        "Incorrect answers, split: wrong (the model ended its answer) / cut off (it ran into max_new_tokens, or the "
+        "truncation baseline's answer ran into answer_tokens).",
+        "",
+        *_table(report, grid, failure_cell),
+    ]
+    if num_unscored:
+        lines += ["", f"{num_unscored} problem(s) without a readable gold answer are left out of every rate."]
     return "\n".join(lines) + "\n"
+
+
+def read_test_rows(args: EvalArguments) -> list[dict]:
+    """The test problems, mapped by the preset when there is one: each with an id (unique), a question and a gold
+    (which may be null: such a problem is left out of every rate and counted)."""
+    if args.preset is None:
+        rows = read_rows(args.test_path, "Test problems")
+        check_rows(rows, ["id", "question", "answer"], text_columns=["question"], nullable=["answer"])
+    else:
+        from cotx_rl.problems import read_problems
+
+        rows = read_problems(args.test_path, args.preset, args.test_split, keep_unreadable=True)
+        if not rows:
+            raise StageInputError(f"No test problems with a question in {args.test_path!r}.")
+    check_unique_ids(rows)  # the report and completions.jsonl are keyed by them
+    return rows
 
 
 def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
     run_args = run_args or RunArguments()
-    rows = read_rows(args.test_path, "Test problems")
-    require_columns(rows, ["id", "question", "answer"], f"Test problems {args.test_path!r}")
+    rows = read_test_rows(args)
     for path in [*args.models.values(), *([args.truncation_model] if args.truncation_model else [])]:
         check_model_source(path, "model path")
+    output_dir = check_writable_output(args.output_dir, "Eval output folder", folder=True)
     rows = rows[: args.limit] if args.limit else rows
     grid = run_args.budget_grid
-    report = {"models": run_evaluations(args, run_args, rows), "budget_grid": grid, "num_problems": len(rows)}
-    output_dir = Path(args.output_dir)
-    write_json(output_dir / "report.json", report)
-    table = markdown_table(report["models"], grid)
+    models, records = run_evaluations(args, run_args, rows)
+    # The correctness reward scores None where a gold cannot be read.
+    num_unscored = len({record["id"] for record in records if record["correct"] is None})
+    report = {"models": models, "budget_grid": grid, "num_problems": len(rows), "num_unscored": num_unscored}
+    write_rows(output_dir / "completions.jsonl", records, "Completions file")
+    write_json(output_dir / "report.json", report, "Report file")
+    table = markdown_table(report["models"], grid, num_unscored)
     (output_dir / "report.md").write_text(table, encoding="utf-8")
     from cotx_rl.plots import save_plots
 
     plots = save_plots(report, output_dir)
     if args.report_to == "wandb":
-        log_to_wandb(args, report, table, plots)
-    logger.info("Evaluation report (%d problems) in %s\n%s", len(rows), output_dir, table)
+        log_to_wandb(args, report, table, plots, records)
+    logger.info(
+        "Evaluation report (%d problems, %d completions) in %s\n%s", len(rows), len(records), output_dir, table
+    )
     return report
 
 
-def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path]) -> None:
+def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path], records: list[dict]) -> None:
     import wandb
 
     configure_wandb(args.report_to, args.output_dir)
@@ -283,8 +362,15 @@ def log_to_wandb(args: EvalArguments, report: dict, table: str, plots: list[Path
                     flat[f"eval/{name}/{mode}/{key}"] = value
     run.log(flat)
     run.log({f"eval/plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+    # Values W&B tables take as they are: strings, numbers, booleans, None.
+    data = [[_cell_value(record.get(column)) for column in COMPLETION_COLUMNS] for record in records]
+    run.log({"eval/completions": wandb.Table(columns=list(COMPLETION_COLUMNS), data=data)})
     run.summary["report_markdown"] = table
     run.finish()
+
+
+def _cell_value(value):
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def make_parser():

@@ -1,8 +1,10 @@
 """Stage `problems`: problems from a file or a dataset, or the embedded domain's, as `train.jsonl` and `test.jsonl`.
 
 Output rows: `id`, `question`, `answer` (gold, as a string), `source`, `difficulty` (None when unknown), plus any other
-columns of the source. Presets read the common formats: `gsm8k` (gold after `#### `) and `math` (the `answer` column,
-or the last `\\boxed{}` of `solution`; difficulty from `level`).
+columns of the source. Presets read the common formats: `gsm8k` (gold after `#### `), `math` (MATH and MATH-500: the
+`answer` column, or the last `\\boxed{}` of `solution`; difficulty from `level`), `aime` and `amc` (`id`, `problem`,
+`answer`, as in AI-MO's AIME and AMC validation sets) and `qwq` (QwQ's evaluation files: `prompt`, `answer`).
+[`read_problems`] maps a file or dataset split the same way for the `eval` stage.
 
 What the stage refuses, drops and counts:
 - a row without a column the mapping needs, a null id, or an id that appears twice (within a split or across the
@@ -53,6 +55,9 @@ PRESETS = {
         "difficulty_column": "level",
         "id_column": "unique_id",
     },
+    "aime": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
+    "amc": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
+    "qwq": {"question_column": "prompt", "answer_column": "answer"},
 }
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed")
 
@@ -147,11 +152,12 @@ def read_difficulty(value) -> int | float | None:
     return None if match is None else float(match.group()) if "." in match.group() else int(match.group())
 
 
-def to_problem_rows(records: Rows, args: ProblemsArguments) -> Rows:
+def to_problem_rows(records: Rows, args: ProblemsArguments, keep_unreadable: bool = False) -> Rows:
     """Map source records to problem rows (made-up ids come later, per split).
 
-    Records without a question or without a readable gold are dropped, and the log counts them by line; a record
-    without a column the mapping needs, or with a null id, is refused.
+    Records without a question or without a readable gold are dropped, and the log counts them by line (with
+    `keep_unreadable`, those without a readable gold are kept with `answer` None: evaluation counts them apart); a
+    record without a column the mapping needs, or with a null id, is refused.
     """
     columns = [args.question_column]
     if args.answer_format != "boxed" or not args.solution_column:
@@ -178,7 +184,8 @@ def to_problem_rows(records: Rows, args: ProblemsArguments) -> Rows:
             continue
         if gold is None:
             dropped["without a readable gold answer"].append(number)
-            continue
+            if not keep_unreadable:
+                continue
         row = {"id": None, **record}  # id first for people who read the file; made up later when not given
         row.update(
             question=question,
@@ -192,7 +199,8 @@ def to_problem_rows(records: Rows, args: ProblemsArguments) -> Rows:
         line_numbers.append(number)
     for reason, numbers in dropped.items():
         if numbers:
-            logger.warning("%s: dropped %d rows %s (%s).", records.name, len(numbers), reason,
+            what = "kept (not scored)" if keep_unreadable and "gold" in reason else "dropped"
+            logger.warning("%s: %s %d rows %s (%s).", records.name, what, len(numbers), reason,
                            listing(numbers, records.unit))  # fmt: skip
     return Rows(kept, line_numbers, records.name, records.unit)
 
@@ -257,6 +265,24 @@ def load_source(args: ProblemsArguments) -> dict[str, Rows]:
             raise StageInputError(f"Dataset {args.source!r} split {split!r} has no rows.")
         loaded[name] = Rows(records, name=f"Dataset {args.source!r} split {split!r}", unit="row")
     return loaded
+
+
+def read_problems(source: str, preset: str | None = None, split: str = "test", keep_unreadable: bool = False) -> Rows:
+    """Problem rows from a local file or a dataset split, columns mapped by `preset` as the `problems` stage maps them,
+    with their line numbers; ids made up (`<stem>-<split>-<index>`) when the preset names no id column.
+
+    Args:
+        source: a local file (.jsonl/.json/.parquet/.csv) or a dataset name for `datasets.load_dataset`.
+        preset: one of `PRESETS` (None: the columns are already `question` and `answer`).
+        split: the dataset split to read (hub datasets).
+        keep_unreadable: keep rows whose gold cannot be read, with `answer` None.
+    """
+    args = ProblemsArguments(output_dir="", source=source, preset=preset, train_split=split, test_split=None)
+    rows = to_problem_rows(load_source(args)["train"], args, keep_unreadable=keep_unreadable)
+    if not args.id_column:
+        for index, row in enumerate(rows):
+            row["id"] = f"{Path(source).stem}-{split}-{index:06d}"
+    return rows
 
 
 def problems_from_source(args: ProblemsArguments) -> dict[str, list[dict]]:

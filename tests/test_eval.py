@@ -1,6 +1,9 @@
-"""The eval stage on tiny (untrained) students: report schema, plots, table, truncation baseline."""
+"""The eval stage on tiny (untrained) students: report schema, plots, tables, the completions, baselines."""
 
 import json
+import sys
+import types
+from collections import Counter
 
 import pytest
 import torch
@@ -8,14 +11,14 @@ import torch
 from cotx_rl import eval as evaluate
 from cotx_rl.arithmetic import make_problems
 from cotx_rl.config import RunArguments
-from cotx_rl.eval import EvalArguments
-from cotx_rl.generation import ForceCloseThought, generate
-from cotx_rl.io import StageInputError, write_rows
-from cotx_rl.tiny import build_tiny_student
+from cotx_rl.eval import COMPLETION_COLUMNS, EvalArguments
+from cotx_rl.generation import ForceCloseThought, Generation, ThoughtLimit, generate
+from cotx_rl.io import StageInputError, read_rows, write_rows
+from cotx_rl.tiny import build_tiny_student, build_tiny_tokenizer
 from rewards.metrics import Outcome, auto_summary, budget_summary, percentile
 
 BUDGET_KEYS = {"accuracy", "mean_thinking_tokens", "mean_abs_rel_error", "mean_signed_rel_error", "in_budget_rate",
-               "p90_overshoot"}  # fmt: skip
+               "p90_overshoot", "cut_off_rate", "wrong_rate", "num_scored", "num_unscored", "mean_completion_tokens"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +35,43 @@ def students(tmp_path_factory, tiny_tokenizer):
     return folder, paths
 
 
-def test_report_schema_table_and_plots(students, tmp_path):
+class FakeWandb(types.ModuleType):
+    """Stands in for `wandb` in the eval stage: keeps what is logged."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.logged: list[dict] = []
+
+    def init(self, **kwargs):
+        return types.SimpleNamespace(log=self.logged.append, summary={}, finish=lambda: None)
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    class Image:
+        def __init__(self, path):
+            self.path = path
+
+
+@pytest.fixture(scope="module")
+def evaluated(students, tmp_path_factory):
+    """One evaluation of the three tiny students (12 problems, budgets 8 and 16), logged to a fake W&B."""
     folder, paths = students
-    args = EvalArguments(test_path=str(folder / "test.jsonl"), output_dir=str(tmp_path), models=paths,
-                         max_new_tokens=24, batch_size=8)  # fmt: skip
-    report = evaluate.main(args, RunArguments(budget_grid=[8, 16]))
+    output = tmp_path_factory.mktemp("eval")
+    fake = FakeWandb()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "wandb", fake)
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(output))
+        args = EvalArguments(test_path=str(folder / "test.jsonl"), output_dir=str(output), models=paths,
+                             max_new_tokens=24, batch_size=8, report_to="wandb")  # fmt: skip
+        report = evaluate.main(args, RunArguments(budget_grid=[8, 16]))
+    return report, output, fake
+
+
+def test_report_schema_table_and_plots(evaluated):
+    report, tmp_path, _ = evaluated
     assert report == json.loads((tmp_path / "report.json").read_text())
     models = report["models"]
     assert set(models) == {"full_cot", "truncation", "sft", "grpo"}
@@ -61,8 +96,55 @@ def test_report_schema_table_and_plots(students, tmp_path):
         assert models["truncation"]["exact"][budget]["in_budget_rate"] == 1.0
     table = (tmp_path / "report.md").read_text()
     assert "| sft | exact |" in table and "| truncation | max |" in table
+    assert "wrong (the model ended its answer) / cut off" in table
     for plot in ("pareto.png", "budget_fidelity.png", "auto_by_difficulty.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+# One run per model, mode and budget: a budget student has exact and max at each budget, auto and unbudgeted; the
+# full-CoT student is unbudgeted only; the truncation baseline is one run per budget (reported under exact and max).
+EXPECTED_RUNS = (
+    {("full_cot", None, None), ("truncation", None, 8), ("truncation", None, 16)}
+    | {(name, mode, budget) for name in ("sft", "grpo") for mode in ("exact", "max") for budget in (8, 16)}
+    | {(name, mode, None) for name in ("sft", "grpo") for mode in ("auto", None)}
+)
+
+
+def test_completions_jsonl_holds_every_completion(evaluated, students):
+    report, output, _ = evaluated
+    rows = read_rows(output / "completions.jsonl")
+    problems = read_rows(students[0] / "test.jsonl")
+    runs = Counter((row["model"], row["mode"], row["budget_tokens"]) for row in rows)
+    assert set(runs) == EXPECTED_RUNS and set(runs.values()) == {len(problems)}
+    assert len(rows) == len(problems) * len(EXPECTED_RUNS) == 12 * 15
+    assert all(list(row) == list(COMPLETION_COLUMNS) for row in rows)
+    gold = {p["id"]: p["answer"] for p in problems}
+    assert all(row["gold"] == gold[row["id"]] and row["question"] for row in rows)
+    # The report's figures are those of the rows.
+    for name, mode, budget in [("sft", "exact", 8), ("grpo", "max", 16), ("truncation", None, 8)]:
+        cell = [r for r in rows if (r["model"], r["mode"], r["budget_tokens"]) == (name, mode, budget)]
+        entry = report["models"][name]["exact" if mode is None else mode][str(budget)]
+        assert entry["accuracy"] == pytest.approx(sum(r["correct"] for r in cell) / len(cell), abs=1e-4)
+        assert entry["cut_off_rate"] == pytest.approx(sum(r["cut_off"] for r in cell) / len(cell), abs=1e-4)
+        assert entry["mean_completion_tokens"] == pytest.approx(
+            sum(r["completion_tokens"] for r in cell) / len(cell), abs=1e-4
+        )
+        assert entry["mean_thinking_tokens"] == pytest.approx(
+            sum(r["thinking_tokens"] for r in cell) / len(cell), abs=1e-4
+        )
+    # The truncation baseline: every thought at most N, its answer capped (cut off unless it stopped by itself).
+    for row in rows:
+        if row["model"] == "truncation":
+            assert row["thinking_tokens"] <= row["budget_tokens"]
+            assert row["cut_off"] == (not row["correct"] and row["finish_reason"] in ("length", "answer_cap"))
+
+
+def test_completions_are_logged_as_a_wandb_table(evaluated):
+    _, output, fake = evaluated
+    tables = [entry["eval/completions"] for entry in fake.logged if "eval/completions" in entry]
+    assert len(tables) == 1 and tables[0].columns == list(COMPLETION_COLUMNS)
+    rows = read_rows(output / "completions.jsonl")
+    assert [dict(zip(tables[0].columns, values)) for values in tables[0].data] == rows
 
 
 def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
@@ -85,10 +167,10 @@ def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
         return output
 
     model.forward = think_forever
-    texts, ids = generate(
-        model, tiny_tokenizer, ["Compute 2 + 3."] * 3, max_new_tokens=30, close_thought_at=7, max_answer_tokens=4
-    )
-    for token_ids in ids:
+    generations = generate(model, tiny_tokenizer, ["Compute 2 + 3."] * 3, max_new_tokens=30, limit=ThoughtLimit(7, 4))
+    for generation in generations:
+        token_ids = generation.token_ids
+        assert generation.hard_stopped and generation.finish_reason == "answer_cap"
         assert token_ids[0] == start and end in token_ids, token_ids
         assert token_ids.index(end) - token_ids.index(start) - 1 == 7
         # 4 answer tokens after the close, then the forced end of sequence.
@@ -150,3 +232,109 @@ def test_missing_model_path_fails_before_work(students, tmp_path):
     with pytest.raises(StageInputError, match="no_grpo_here"):
         evaluate.main(args)
     assert not (tmp_path / "out").exists()
+
+
+class ScriptedGenerator:
+    """Stands in for the eval stage's generator: answers each question with a completion scripted for it."""
+
+    scripts: dict = {}
+
+    def __init__(self, path, **kwargs):
+        self.tokenizer = build_tiny_tokenizer()
+
+    def complete(self, prompts, limit=None, desc=""):
+        return [ScriptedGenerator.scripts[prompt.split("\n")[0]] for prompt in prompts]
+
+
+def test_unreadable_golds_are_left_out_and_cut_offs_counted_apart(tmp_path, monkeypatch):
+    rows = [
+        {"id": "right", "question": "Compute 2 + 3.", "answer": "5"},
+        {"id": "null-gold", "question": "Compute 1 + 1.", "answer": None},
+        {"id": "cut", "question": "Compute 3 + 4.", "answer": "7"},
+        {"id": "empty-gold", "question": "Compute 4 + 4.", "answer": ""},
+        {"id": "wrong", "question": "Compute 4 + 5.", "answer": "9"},
+    ]
+    write_rows(tmp_path / "test.jsonl", rows)
+    ScriptedGenerator.scripts = {
+        "Compute 2 + 3.": Generation("<think>\nso\n</think>\n\\boxed{5}", [], False, "stop"),
+        "Compute 1 + 1.": Generation("<think>\nso\n</think>\n\\boxed{2}", [], False, "stop"),
+        "Compute 3 + 4.": Generation("<think>\nso so so so", [], False, "length"),
+        "Compute 4 + 4.": Generation("<think>\nso\n</think>\n\\boxed{8}", [], False, "stop"),
+        "Compute 4 + 5.": Generation("<think>\nso\n</think>\n\\boxed{4}", [], False, "stop"),
+    }
+    monkeypatch.setattr(evaluate, "BudgetedGenerator", ScriptedGenerator)
+    (tmp_path / "sft").mkdir()
+    args = EvalArguments(test_path=str(tmp_path / "test.jsonl"), output_dir=str(tmp_path / "out"),
+                         models={"sft": str(tmp_path / "sft")}, modes=["max"])  # fmt: skip
+    report = evaluate.main(args, RunArguments(budget_grid=[8]))
+    cell = report["models"]["sft"]["max"]["8"]
+    # Three problems can be scored: one right, one cut off by max_new_tokens, one wrong.
+    assert (cell["accuracy"], cell["cut_off_rate"], cell["wrong_rate"]) == (0.3333, 0.3333, 0.3333)
+    assert (cell["num_scored"], cell["num_unscored"], report["num_unscored"]) == (3, 2, 2)
+    completions = {row["id"]: row for row in read_rows(tmp_path / "out" / "completions.jsonl")}
+    assert completions["null-gold"]["correct"] is None and completions["empty-gold"]["correct"] is None
+    assert completions["cut"]["cut_off"] and not completions["wrong"]["cut_off"]
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "| sft | max | 33.3% / 33.3% |" in table and "2 problem(s) without a readable gold" in table
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    problems = [{"id": i, "question": "Compute 2 + 3.", "answer": "5"} for i in ("a", "b", "a")]
+    write_rows(tmp_path / "test.jsonl", problems)
+    args = EvalArguments(test_path=str(tmp_path / "test.jsonl"), output_dir=str(tmp_path / "out"),
+                         models={"sft": str(tmp_path)})  # fmt: skip
+    with pytest.raises(StageInputError, match=r"test.jsonl' repeats id 'a' on lines 1 and 3"):
+        evaluate.main(args)
+
+
+def test_unwritable_output_dir_fails_before_evaluating(students, tmp_path, monkeypatch):
+    folder, paths = students
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluation started before the output folder was checked")
+
+    monkeypatch.setattr(evaluate, "Student", no_evaluation)
+    args = EvalArguments(test_path=str(folder / "test.jsonl"), output_dir=str(tmp_path / "taken" / "eval"),
+                         models={"sft": paths["sft"]})  # fmt: skip
+    with pytest.raises(StageInputError, match="taken' is a file where a folder should be"):
+        evaluate.main(args)
+
+
+def test_eval_reads_math500_by_preset(shared_data, tmp_path, monkeypatch):
+    raw = [json.loads(line) for line in (shared_data / "math500_test.jsonl").read_text().splitlines()[:4]]
+    ScriptedGenerator.scripts = {
+        r["problem"].split("\n")[0]: Generation(f"<think>\nso\n</think>\n\\boxed{{{r['answer']}}}", [], False, "stop")
+        for r in raw
+    }
+    monkeypatch.setattr(evaluate, "BudgetedGenerator", ScriptedGenerator)
+    (tmp_path / "grpo").mkdir()
+    args = EvalArguments(test_path=str(shared_data / "math500_test.jsonl"), preset="math", limit=4,
+                         output_dir=str(tmp_path / "out"), models={"grpo": str(tmp_path / "grpo")}, modes=["auto"])  # fmt: skip
+    report = evaluate.main(args, RunArguments(budget_grid=[256]))
+    assert report["num_problems"] == 4 and report["models"]["grpo"]["auto"]["accuracy"] == 1.0
+    rows = read_rows(tmp_path / "out" / "completions.jsonl")
+    assert [(r["id"], r["gold"]) for r in rows] == [(r["unique_id"], r["answer"]) for r in raw]
+
+
+def test_eval_of_a_student_with_a_real_tokenizer_by_preset(shared_data, tmp_path):
+    """A random model with the real Qwen2.5-Instruct tokenizer and chat template, on GSM8K read by its preset."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from cotx_rl.models import add_budget_markers
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_data / "real" / "tokenizers" / "qwen2.5-instruct")
+    add_budget_markers(tokenizer)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    args = EvalArguments(test_path=str(shared_data / "gsm8k_test.jsonl"), preset="gsm8k", limit=2,
+                         output_dir=str(tmp_path / "out"), models={"grpo": str(tmp_path / "student")},
+                         modes=["max", "auto"], max_new_tokens=8, engine="transformers")  # fmt: skip
+    report = evaluate.main(args, RunArguments(budget_grid=[4], answer_tokens=4))
+    rows = read_rows(tmp_path / "out" / "completions.jsonl")
+    assert len(rows) == 2 * 2 and {(r["mode"], r["budget_tokens"]) for r in rows} == {("max", 4), ("auto", None)}
+    assert [r["gold"] for r in rows[:2]] == ["18", "3"]  # after `#### ` in the GSM8K solutions
+    assert report["models"]["grpo"]["max"]["4"]["num_scored"] == 2

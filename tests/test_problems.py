@@ -108,3 +108,31 @@ def test_unknown_preset_names_it():
 def test_recipe_keys_win_over_the_preset():
     args = ProblemsArguments(output_dir="x", preset="math", id_column="my_id")
     assert args.id_column == "my_id" and args.question_column == "problem"
+
+
+@pytest.mark.parametrize(
+    "preset,path,question_column",
+    [
+        ("gsm8k", "gsm8k_test.jsonl", "question"),
+        ("math", "math500_test.jsonl", "problem"),
+        ("aime", "real/problems/aime24_dynasor.jsonl", "problem"),
+        ("qwq", "real/problems/aime24_qwq.jsonl", "prompt"),
+        ("qwq", "real/problems/aime25_qwq.jsonl", "prompt"),
+        ("amc", "real/problems/amc23_test.jsonl", "problem"),
+    ],
+)
+def test_real_problem_sets_read_by_preset(shared_data, preset, path, question_column):
+    raw = [json.loads(line) for line in (shared_data / path).read_text().splitlines() if line.strip()]
+    rows = problems.read_problems(str(shared_data / path), preset)
+    assert len(rows) == len(raw) and len({r["id"] for r in rows}) == len(rows)
+    for row, record in zip(rows, raw):
+        gold = record["answer"].split("####")[-1].strip() if preset == "gsm8k" else str(record["answer"]).strip()
+        assert (row["question"], row["answer"]) == (record[question_column], gold)
+
+
+def test_unreadable_golds_are_kept_for_evaluation_only(tmp_path):
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": null}\n')
+    assert [r["answer"] for r in problems.read_problems(str(source), "qwq")] == ["1"]
+    kept = problems.read_problems(str(source), "qwq", keep_unreadable=True)
+    assert [(r["question"], r["answer"]) for r in kept] == [("a", "1"), ("b", None)]

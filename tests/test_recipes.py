@@ -34,6 +34,8 @@ STAGE_OF_FILE = {
     "full_cot": "sft",
     "grpo": "grpo",
     "eval": "eval",
+    "eval_math500": "eval",
+    "eval_aime": "eval",
     "pipeline": "pipeline",
     "quickstart": "pipeline",
 }
