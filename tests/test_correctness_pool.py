@@ -310,6 +310,34 @@ def test_a_killed_zygote_is_replaced():
         reward.close()
 
 
+def test_workers_keep_the_memory_limit_and_the_guard(tmp_path):
+    """Forked workers still run under the address-space limit and the audit-hook guard of `rewards._math_equal`."""
+    import resource
+
+    from rewards import correctness
+
+    limit = 2048 * 1024 * 1024
+    pool = WorkerPool(resource.getrlimit, num_workers=1, timeout_seconds=30.0, memory_limit_mb=2048)
+    try:
+        assert pool.map([(resource.RLIMIT_AS,)]) == [(limit, limit)]
+    finally:
+        pool.close()
+    marker = tmp_path / "written"
+    pool = WorkerPool(
+        os.system,
+        num_workers=1,
+        timeout_seconds=30.0,
+        initializer=correctness._guard_worker,
+        warm_up=correctness._warm_up_zygote,
+        preload=("rewards._math_equal",),
+    )
+    try:
+        assert pool.map([(f"touch {marker}",)]) == [Failure.ERROR]
+    finally:
+        pool.close()
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------------------------------- batch deadline
 
 
