@@ -375,9 +375,9 @@ def test_sixteen_hanging_answers_cost_seconds_and_are_reported():
 def test_large_batches_of_ordinary_pairs_are_never_cut(shared_data):
     """The batch deadline bounds time lost to slow items, not the time a large batch needs."""
     golds = [json.loads(line)["answer"] for line in (shared_data / "math500_test.jsonl").read_text().splitlines()]
-    golds = list(dict.fromkeys(golds))[:150]
+    golds = list(dict.fromkeys(golds))[:100]
     pairs = [(gold, other) for i, gold in enumerate(golds) for other in golds[i + 1 :]]
-    # Ten seconds or more in all, against an allowance of 2 s for slow items.
+    # Several seconds of work in all (2,666 pairs reach the workers), against an allowance of 2 s for slow items.
     reward = CorrectnessReward(timeout_seconds=2.0, batch_timeout_seconds=2.0)
     try:
         scores = reward.score([g for g, _ in pairs], [f"\\boxed{{{o}}}" for _, o in pairs])
