@@ -1,7 +1,7 @@
 """The processes behind `rewards._pool`: one zygote per pool, and the workers it forks.
 
 This module runs only in those processes; the pool starts the zygote as a fresh interpreter
-(`python -c "from rewards._worker import main; main()"`), so the caller's `__main__` is never imported again there.
+(`python -c "...; from rewards._worker import main; main()"`), so the caller's `__main__` is never imported there.
 
 The zygote imports the pool's `preload` modules, runs its `warm_up` and then waits on its control socket
 (an `AF_UNIX` `SOCK_SEQPACKET` pair, so each message arrives whole or not at all). Messages from the pool:
@@ -13,7 +13,8 @@ The zygote imports the pool's `preload` modules, runs its `warm_up` and then wai
 
 The zygote also exits when its parent process changes (the pool's process died and it was re-parented), which it checks
 between messages. It forks only from its single thread, so `PR_SET_PDEATHSIG` in a worker fires exactly when the
-zygote dies; a watchdog thread (where there is no `prctl`) and end of file on the channel back that up.
+zygote dies, even while the worker is stuck in C code; a watchdog thread (for platforms without `prctl`) and end of
+file on the channel back that up.
 
 A worker sets its memory limit, runs the pool's `initializer` (for the math workers: the guard of
 `rewards._math_equal.guard_worker`), reports `("ready", pid)` or `("failed", traceback)` on its channel, and then runs
@@ -23,6 +24,7 @@ chunks `(batch, [(index, args), ...])`, replying `(batch, index, status, value)`
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import select
@@ -67,8 +69,6 @@ def _receive_config(control: socket.socket) -> tuple:
     # The parent's import path, so that `func` unpickles from the same modules (but `__main__` is never imported).
     sys.path[:] = config["sys_path"]
     os.chdir(config["cwd"])
-    import importlib
-
     for module in config["preload"]:
         importlib.import_module(module)
     func, initializer, warm_up = pickle.loads(config["functions"])
