@@ -8,7 +8,8 @@ both verifiers judge whether `pred` (a completion text) answers `gold`:
 - Math-Verify (when installed): `verify(parse(gold), parse(pred))` with its defaults.
 
 A case agrees when the verdict equals the case's `expected` label. Prints agreement per file, the median and 99th
-percentile of seconds per pair, and Math-Verify's times over ours. Usage: `python benchmarks/verifier.py`.
+percentile of seconds per pair, Math-Verify's times over ours, and how many of our comparisons timed out or failed.
+Usage: `python benchmarks/verifier.py`.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def main(data_dir: Path) -> None:
             (mv_median, mv_p99), (our_median, our_p99) = stats["math-verify"], stats["ours"]
             ratio = f"{mv_median / our_median:.1f}x {mv_p99 / our_p99:.1f}x"
             print(f"{name:38} {'ratio math-verify / ours':>26} {ratio:>21}")
+    # A timed-out comparison scores 0.0 and any other verifier failure None: either would bias the agreement above.
+    failures = ", ".join(f"{kind} {count}" for kind, count in sorted(correctness_reward.failures.items()))
+    print(f"comparisons ours did not finish: {failures or 'none'}")
     correctness_reward.close()
 
 

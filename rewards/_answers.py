@@ -571,14 +571,14 @@ def plain_numbers_equal(gold: PlainNumber, pred: PlainNumber) -> bool:
     if gold.variable and pred.variable and gold.variable != pred.variable:
         return False
     if gold.percent == pred.percent:
-        return _values_close(gold.value, gold.decimal, pred.value, pred.decimal)
+        return _values_close(gold.value, pred.value)
     pct, other = (gold, pred) if gold.percent else (pred, gold)
     if pct.value.denominator == 1 and other.value.denominator == 1 and not other.decimal and pct.value == other.value:
         return True
-    return _values_close(pct.value / 100, pct.decimal, other.value, other.decimal)
+    return _values_close(pct.value / 100, other.value)
 
 
-def _values_close(a: Fraction, a_decimal: bool, b: Fraction, b_decimal: bool) -> bool:
+def _values_close(a: Fraction, b: Fraction) -> bool:
     return a == b or abs(a - b) <= RELATIVE_TOLERANCE * max(abs(a), abs(b))
 
 

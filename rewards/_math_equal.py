@@ -1,5 +1,7 @@
 """Symbolic equality of two answers, with sympy. Runs only inside the worker processes of `rewards._pool`.
 
+The pool's zygote runs `warm_up` once; each worker it forks installs `guard_worker` before it sees any answer.
+
 LaTeX is turned into sympy by `latex2sympy2_extended` (the parser Math-Verify builds on); the comparison rules follow
 Math-Verify's grader (https://github.com/huggingface/Math-Verify) where the shared test cases pin them down:
 assignments such as `x = 5` compare by their value, bare comma lists are sets, a percentage equals its value, and so
@@ -13,7 +15,7 @@ sympy objects directly, with one exception this module closes: the package turns
 dots and exponents into those tokens, but `_SafeLatex2Sympy` builds numbers with `Integer(int(...))` and `Float(...)`
 instead, so no model text is ever evaluated. The package's other string-evaluating call (`parse_expr` on
 `variable_values`) is not used, and nothing here calls `sympify`, `parse_expr`, `eval` or `exec`. `guard_worker`
-adds an audit hook as a second line of defence: in a warm worker, sympy's string parsers cannot compile anything, and
+adds an audit hook as a second line of defence: in a worker, sympy's string parsers cannot compile anything, and
 starting processes or writing files raises.
 """
 
@@ -736,9 +738,3 @@ def _called_from_string_parser() -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-def init_worker() -> None:
-    """Worker initializer: build the parser caches, then install the guard."""
-    warm_up()
-    guard_worker()

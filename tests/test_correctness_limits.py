@@ -125,7 +125,7 @@ def test_pool_reports_errors_and_dead_workers_per_item():
         assert pool.map([(os.getpid(), 0)]) == [None]
         (worker,) = pool.worker_pids
         # The first item kills its own worker; the second runs in a replacement.
-        assert pool.map([(worker, signal.SIGKILL), (os.getpid(), 0)]) == [Failure.ERROR, None]
+        assert pool.map([(worker, signal.SIGKILL), (os.getpid(), 0)]) == [Failure.WORKER_DIED, None]
         assert pool.worker_pids != [worker]
     finally:
         pool.close()
@@ -301,7 +301,8 @@ def test_worker_guard_blocks_evaluation_and_system_access(tmp_path):
         f"""
         import os, sympy
         from rewards import _math_equal
-        _math_equal.init_worker()
+        _math_equal.warm_up()  # as the pool's zygote does, then as each worker does
+        _math_equal.guard_worker()
         blocked = []
         for attempt in (lambda: sympy.sympify("1 + 1"),
                         lambda: open({str(tmp_path / "written")!r}, "w"),
