@@ -7,7 +7,8 @@ The traces file is read as it comes, by the same loader as the `compress` stage 
 A trace is dropped as `truncated` when its thought was not finished (the teacher hit its length limit, a false
 completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null, `no_answer` when no
 final answer can be read, `wrong_answer` when the answer differs from the gold, `unreadable_gold` when the gold
-itself cannot be read, and `duplicate` when an earlier row of the file has the same id (and sample index): the first
+itself cannot be read, `unverified` when the verifier could not judge the pair (its worker died, or the call ran out
+of time for slow items; see `rewards.CorrectnessReward`), and `duplicate` when an earlier row of the file has the same id (and sample index): the first
 is kept, the repeats are counted and named in the log. Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a
 brought-in file says.
 """
@@ -32,7 +33,7 @@ from cotx_rl.trace_rows import TraceColumnArguments, load_traces, trace_key
 from rewards.correctness import correctness_reward, extract_final_answer
 
 logger = logging.getLogger(__name__)
-DROP_REASONS = ("truncated", "null_gold", "duplicate", "no_answer", "wrong_answer", "unreadable_gold")
+DROP_REASONS = ("truncated", "null_gold", "duplicate", "no_answer", "wrong_answer", "unreadable_gold", "unverified")
 
 
 @dataclass
@@ -44,12 +45,12 @@ class VerifyArguments:
     stats_path: str | None = field(default=None, metadata={"help": "JSON file for kept and dropped counts."})
 
 
-def drop_reason(row: dict, score: float | None) -> str | None:
-    """Why a trace is dropped, or None to keep it."""
+def drop_reason(row: dict, score: float | None, why_none: str | None = None) -> str | None:
+    """Why a trace is dropped, or None to keep it (`why_none`: why the verifier scored None)."""
     if row.get("finish_reason") == "length":
         return "truncated"
     if score is None:
-        return "unreadable_gold"
+        return "unverified" if why_none not in (None, "unreadable_gold") else "unreadable_gold"
     if score > 0:
         return None
     text = render_completion(row["reasoning"], row.get("response") or "")
@@ -59,10 +60,10 @@ def drop_reason(row: dict, score: float | None) -> str | None:
 def verify_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
     """Kept rows (with `teacher_correct` set) and the count of drops per reason."""
     texts = [render_completion(row["reasoning"], row.get("response") or "") for row in rows]
-    scores = correctness_reward(texts, [row["answer"] for row in rows])
+    scores, why_none = correctness_reward.score_with_reasons([row["answer"] for row in rows], texts)
     kept, drops = [], Counter()
-    for row, score in zip(rows, scores):
-        reason = drop_reason(row, score)
+    for row, score, why in zip(rows, scores, why_none):
+        reason = drop_reason(row, score, why)
         if reason is None:
             kept.append({**row, "teacher_correct": True})
         else:

@@ -12,12 +12,13 @@ thinking-token counting), so that it can be used alone with TRL.
 from rewards.budget_fidelity import BudgetFidelityReward, budget_fidelity_reward
 from rewards.completions import completion_text, completion_texts
 from rewards.composite import CompositeReward, composite_reward
-from rewards.correctness import CorrectnessReward, correctness_reward
+from rewards.correctness import CorrectnessReward, WorkerStartError, correctness_reward
 from rewards.format import format_reward
 from rewards.registry import REGISTRY, load
 
 __all__ = [
     "REGISTRY",
+    "WorkerStartError",
     "BudgetFidelityReward",
     "CompositeReward",
     "CorrectnessReward",

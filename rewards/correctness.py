@@ -35,9 +35,16 @@ from rewards._answers import (
 from rewards._pool import Failure, WorkerPool, WorkerStartError
 from rewards.completions import broadcast, completion_text
 
-__all__ = ["CorrectnessReward", "WorkerStartError", "answers_match", "correctness_reward", "extract_final_answer"]
+__all__ = [
+    "CorrectnessReward",
+    "WorkerStartError",
+    "answers_match",
+    "correctness_reward",
+    "extract_final_answer",
+]
 
 logger = logging.getLogger(__name__)
+UNREADABLE_GOLD = "unreadable_gold"
 
 _WORKER_MODULE = "rewards._math_equal"
 # Outcomes that are a verdict on the answer (comparing it costs more than any answer may), not a failure to judge it.
@@ -159,7 +166,7 @@ class CorrectnessReward:
         """Score completions (strings or chat messages) against the `answer` column (one gold per completion)."""
         texts = [completion_text(c) for c in completions]
         golds = broadcast(answer, len(texts), "answer")
-        scores, failures = self._score(golds, texts)
+        scores, _, failures = self._score(golds, texts)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:  # TRL's hook: averaged over the logging steps
             log_metric("correctness/unverified", float(sum(n for k, n in failures.items() if k not in _VERDICT_NAMES)))
@@ -183,15 +190,25 @@ class CorrectnessReward:
         """
         return self._score(golds, texts)[0]
 
-    def _score(self, golds: Sequence[Any], texts: Sequence[str]) -> tuple[list[float | None], Counter[str]]:
-        """Scores, and the failures of this call counted per completion."""
+    def score_with_reasons(self, golds: Sequence[Any], texts: Sequence[str]) -> tuple[list[float | None], list]:
+        """[`score`], and why each None is None: `"unreadable_gold"` when the gold cannot be read, else the verifier
+        failure (`"error"`, `"worker_died"`, `"start_failed"`, `"batch_timeout"`); None beside every real score."""
+        scores, reasons, _ = self._score(golds, texts)
+        return scores, reasons
+
+    def _score(
+        self, golds: Sequence[Any], texts: Sequence[str]
+    ) -> tuple[list[float | None], list[str | None], Counter[str]]:
+        """Scores, why each None is None, and the failures of this call counted per completion."""
         if len(golds) != len(texts):
             raise ValueError(f"Got {len(golds)} gold answers for {len(texts)} completions.")
         scores: list[float | None] = [None] * len(texts)
+        reasons: list[str | None] = [None] * len(texts)
         symbolic: dict[tuple[str, str], list[int]] = {}
         for index, (gold, text) in enumerate(zip(golds, texts)):
             gold_answer = extract_gold_answer(_as_text(gold))
             if gold_answer is None:
+                reasons[index] = UNREADABLE_GOLD
                 continue
             pred_answer = extract_final_answer(text) if isinstance(text, str) else None
             if pred_answer is None:
@@ -205,18 +222,20 @@ class CorrectnessReward:
                 symbolic.setdefault((gold_answer, pred_answer), []).append(index)
         failures: Counter[str] = Counter()
         if not symbolic:
-            return scores, failures
+            return scores, reasons, failures
         pairs = list(symbolic)
         outcomes = self._get_pool().map(pairs)
         for pair, outcome in zip(pairs, outcomes):
+            reason = UNREADABLE_GOLD if outcome is None else None  # the worker could not parse the gold
             if isinstance(outcome, Failure):
                 failures[outcome.value] += len(symbolic[pair])
+                reason = None if outcome in _VERDICTS else outcome.value
                 outcome = 0.0 if outcome in _VERDICTS else None
             for index in symbolic[pair]:
-                scores[index] = outcome
+                scores[index], reasons[index] = outcome, reason
         if failures:
             self._report(failures, len(texts))
-        return scores, failures
+        return scores, reasons, failures
 
     def _report(self, failures: Counter[str], total: int) -> None:
         with self._pool_lock:

@@ -5,6 +5,7 @@ import pytest
 from cotx_rl import verify
 from cotx_rl.io import StageInputError, read_rows, write_rows
 from cotx_rl.verify import VerifyArguments
+from rewards._pool import Failure
 
 
 def trace(id_, reasoning, response, answer="12", finish="stop", **extra):
@@ -36,6 +37,7 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
         "no_answer": 1,
         "wrong_answer": 1,
         "unreadable_gold": 1,
+        "unverified": 0,
     }
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
 
@@ -66,3 +68,20 @@ def test_repeated_traces_are_counted_and_the_first_kept(tmp_path, caplog):
     assert kept[0]["reasoning"] == "2 + 3 = 5."
     assert stats["dropped"]["duplicate"] == 1 and stats["total"] == 5
     assert "repeats id 'a' on lines 1 and 3" in caplog.text
+
+
+def test_a_pair_the_verifier_could_not_judge_is_not_called_unreadable(tmp_path, monkeypatch):
+    # The verifier scores None both for a gold it cannot read and for a pair whose worker died: two different drops.
+    dead_pool = type("DeadPool", (), {"map": lambda self, pairs: [Failure.WORKER_DIED] * len(pairs)})()
+    monkeypatch.setattr(verify.correctness_reward, "_get_pool", lambda: dead_pool)
+    # "(x+1)^2" against "x^2+2x+1" needs the symbolic workers (no fast path decides it); "$$" is a gold
+    # nobody can read.
+    rows = [
+        trace("readable", "Expand it.", "\\boxed{x^2+2x+1}", answer="(x+1)^2"),
+        trace("unreadable", "3 * 4 = 12.", "\\boxed{12}", answer="$$"),
+    ]
+    write_rows(tmp_path / "traces.jsonl", rows)
+    with pytest.raises(StageInputError, match="passed verification"):
+        verify.main(VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl")))
+    kept, drops = verify.verify_rows(rows)
+    assert not kept and drops == {"unverified": 1, "unreadable_gold": 1}
