@@ -55,7 +55,7 @@ class TeacherArguments:
         metadata={
             "help": "Retries with exponential backoff of a request that timed out, lost its connection or was "
             "answered 408, 409, 429 or 5xx (openai backend). Other answers (400, 404, 422, ...) are not retried: the "
-            "row is recorded as failed and the run goes on."
+            "row is recorded as failed and the run goes on (a rejected key, 401 or 403, stops it)."
         },
     )
     request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request is abandoned."})
