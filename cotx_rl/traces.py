@@ -64,8 +64,10 @@ class TracesArguments:
     )
     output_path: str = field(
         default="data/traces.jsonl",
-        metadata={"help": "Traces file (JSONL); appended to, so a rerun resumes after the traces already there and "
-        "retries the failed ones."},
+        metadata={
+            "help": "Traces file (JSONL); appended to, so a rerun resumes after the traces already there and "
+            "retries the failed ones."
+        },
     )
     limit: int | None = field(default=None, metadata={"help": "Trace only the first N problems (default: all)."})
     num_samples: int = field(
