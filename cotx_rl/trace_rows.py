@@ -10,7 +10,8 @@ the `verify` and the `compress` stage, so that the two agree on what a trace is:
   the file has is used;
 - a raw completion is split at `</think>` by [`split_thinking`], the one place that does it;
 - an unfinished thought (a false completeness flag, `finish_reason: length`, or a completion without `</think>`) is
-  dropped and counted as `truncated`, and so is a row whose gold is null (`null_gold`);
+  dropped and counted as `truncated`, a row whose gold is null as `null_gold`, and a row in which the `traces` stage
+  recorded a failed request (`finish_reason: error`, with its `error`) as `failed`;
 - a gold that is a number in the file (`42`, `0.5`) is read as its text; `difficulty` comes from `math_level` when the
   file has no `difficulty`;
 - a row without one of the columns, or with empty reasoning, stops the stage with one message that names the file,
@@ -39,7 +40,9 @@ COMMON_NAMES = {
     "completion": ("completion", "generation", "output"),
     "complete": ("complete", "finish_reason"),
 }
-DROP_REASONS = ("truncated", "null_gold")
+DROP_REASONS = ("truncated", "null_gold", "failed")
+# The `finish_reason` of a row in which the `traces` stage recorded a request that failed (with its `error`).
+FAILED_FINISH_REASON = "error"
 
 
 def split_completion(text: str) -> tuple[str, str, bool]:
@@ -179,6 +182,9 @@ def load_traces(
         def fail(problem: str, index: int = index) -> StageInputError:
             return StageInputError(f"{rows.where(index)}: {problem}; fix or remove the row.")
 
+        if row.get("finish_reason") == FAILED_FINISH_REASON:
+            drops["failed"] += 1  # no trace to read: the request failed (a rerun of `traces` retries it)
+            continue
         required = ["id", names["question"], names["answer"], names["reasoning"] or names["completion"]]
         missing = [column for column in required if column not in row]
         if missing:

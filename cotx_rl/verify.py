@@ -5,8 +5,10 @@ The traces file is read as it comes, by the same loader as the `compress` stage 
 `</think>`. The kept traces are written in the project's trace schema.
 
 A trace is dropped as `truncated` when its thought was not finished (the teacher hit its length limit, a false
-completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null, `no_answer` when no
-final answer can be read, `wrong_answer` when the answer differs from the gold, `unreadable_gold` when the gold
+completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null, `failed` when the
+`traces` stage recorded a failed request in its place (`finish_reason: error`; a rerun of `traces` retries it and
+appends the trace, which is then kept, while the failed row still counts here), `no_answer` when no final answer can
+be read, `wrong_answer` when the answer differs from the gold, `unreadable_gold` when the gold
 itself cannot be read, `unverified` when the verifier could not judge the pair (its worker died, or the call ran out
 of time for slow items; see `rewards.CorrectnessReward`), and `duplicate` when an earlier row of the file has the same id (and sample index): the first
 is kept, the repeats are counted and named in the log. Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a
@@ -33,7 +35,8 @@ from cotx_rl.trace_rows import TraceColumnArguments, load_traces, trace_key
 from rewards.correctness import correctness_reward, extract_final_answer
 
 logger = logging.getLogger(__name__)
-DROP_REASONS = ("truncated", "null_gold", "duplicate", "no_answer", "wrong_answer", "unreadable_gold", "unverified")
+DROP_REASONS = ("truncated", "null_gold", "failed", "duplicate", "no_answer", "wrong_answer", "unreadable_gold",
+                "unverified")  # fmt: skip
 
 
 @dataclass

@@ -1,3 +1,5 @@
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,77 @@ def chat_server():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+class FakeEngine:
+    """Stands in for `vllm.LLM`: greedy continuation of token-id prompts by a script over the completion so far,
+    honouring `max_tokens`, `stop_token_ids` and the end of sequence; records every call, and the keyword arguments
+    the engine was made with (`engine_kwargs`). `chat` renders conversations with `tokenizer`'s chat template, as
+    vLLM does, then generates from their token ids; `text` is the completion decoded without special tokens."""
+
+    calls: list = []
+    engine_kwargs: dict = {}
+    script = None
+    tokenizer = None
+    eos_token_id = None
+    completion_start = None  # the token after which the completion starts (the template's last prompt token)
+
+    def __init__(self, model, dtype="auto", **kwargs):
+        self.model = model
+        FakeEngine.engine_kwargs = {"model": model, "dtype": dtype, **kwargs}
+
+    def get_tokenizer(self):
+        return FakeEngine.tokenizer
+
+    def chat(self, messages, sampling_params, use_tqdm=True, **kwargs):
+        tokenizer = FakeEngine.tokenizer
+        texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in messages]
+        prompts = [{"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]} for text in texts]
+        return self.generate(prompts, sampling_params)
+
+    def generate(self, prompts, sampling_params, **kwargs):
+        if not isinstance(sampling_params, list):  # vLLM takes one SamplingParams for every prompt, or one each
+            sampling_params = [sampling_params] * len(prompts)
+        FakeEngine.calls.append([(p["prompt_token_ids"], s) for p, s in zip(prompts, sampling_params)])
+        outputs = []
+        for prompt, params in zip(prompts, sampling_params):
+            ids = list(prompt["prompt_token_ids"])
+            offset = len(ids) - ids[::-1].index(FakeEngine.completion_start)
+            new, finish, stop = [], "length", None
+            for _ in range(params.max_tokens):
+                token = FakeEngine.script(ids[offset:] + new)
+                new.append(token)
+                if token == FakeEngine.eos_token_id:
+                    finish = "stop"
+                    break
+                if token in (params.stop_token_ids or []):
+                    finish, stop = "stop", token
+                    break
+            text = FakeEngine.tokenizer.decode(new, skip_special_tokens=True) if FakeEngine.tokenizer else ""
+            choice = types.SimpleNamespace(token_ids=new, finish_reason=finish, stop_reason=stop, text=text)
+            outputs.append(types.SimpleNamespace(outputs=[choice]))
+        return outputs
+
+
+class FakeSamplingParams:
+    """Stands in for `vllm.SamplingParams`; `kwargs` holds every argument it was given."""
+
+    def __init__(self, temperature=1.0, max_tokens=16, stop_token_ids=None, **kwargs):
+        self.temperature, self.max_tokens, self.stop_token_ids = temperature, max_tokens, stop_token_ids
+        self.kwargs = {"temperature": temperature, "max_tokens": max_tokens, **kwargs}
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tiny_tokenizer):
+    """A fake `vllm` module (`LLM` is [`FakeEngine`]) in `sys.modules`, set up for the embedded tokenizer."""
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = FakeEngine, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeEngine.calls, FakeEngine.engine_kwargs = [], {}
+    FakeEngine.tokenizer = tiny_tokenizer
+    FakeEngine.eos_token_id = tiny_tokenizer.eos_token_id
+    FakeEngine.completion_start = tiny_tokenizer.convert_tokens_to_ids("<|assistant|>")
+    return FakeEngine
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,6 @@
 """Generation with a budget: the hard stop (transformers and vLLM), `cotx-rl generate` and its Python API."""
 
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -209,56 +207,7 @@ def test_hard_stop_limit_rounds_up_a_share():
     assert ThoughtLimit.for_mode("auto", None, 0.1, 16, max_budget_tokens=96) == ThoughtLimit(106, 16, 0.1)
 
 
-# --- vLLM: the calls it is sent, with a fake engine -------------------------------------------------------------------
-
-
-class FakeEngine:
-    """Stands in for `vllm.LLM`: greedy continuation of token-id prompts by a script over the completion so far,
-    honouring `max_tokens`, `stop_token_ids` and the end of sequence; records every call."""
-
-    calls: list = []
-    script = None
-    eos_token_id = None
-    completion_start = None  # the token after which the completion starts (the template's last prompt token)
-
-    def __init__(self, model, dtype="auto", **kwargs):
-        self.model = model
-
-    def generate(self, prompts, sampling_params, **kwargs):
-        FakeEngine.calls.append([(p["prompt_token_ids"], s) for p, s in zip(prompts, sampling_params)])
-        outputs = []
-        for prompt, params in zip(prompts, sampling_params):
-            ids = list(prompt["prompt_token_ids"])
-            offset = len(ids) - ids[::-1].index(FakeEngine.completion_start)
-            new, finish, stop = [], "length", None
-            for _ in range(params.max_tokens):
-                token = FakeEngine.script(ids[offset:] + new)
-                new.append(token)
-                if token == FakeEngine.eos_token_id:
-                    finish = "stop"
-                    break
-                if token in (params.stop_token_ids or []):
-                    finish, stop = "stop", token
-                    break
-            choice = types.SimpleNamespace(token_ids=new, finish_reason=finish, stop_reason=stop, text="")
-            outputs.append(types.SimpleNamespace(outputs=[choice]))
-        return outputs
-
-
-class FakeSamplingParams:
-    def __init__(self, temperature=1.0, max_tokens=16, stop_token_ids=None, **kwargs):
-        self.temperature, self.max_tokens, self.stop_token_ids = temperature, max_tokens, stop_token_ids
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch, tiny_tokenizer):
-    module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = FakeEngine, FakeSamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    FakeEngine.calls = []
-    FakeEngine.eos_token_id = tiny_tokenizer.eos_token_id
-    FakeEngine.completion_start = tiny_tokenizer.convert_tokens_to_ids("<|assistant|>")
-    return FakeEngine
+# --- vLLM: the calls it is sent, with a fake engine (`fake_vllm`, in conftest.py) -----------------------------------
 
 
 def scripted_ids(tokenizer, head=(), close_after=None):

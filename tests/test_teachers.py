@@ -3,8 +3,6 @@
 import socket
 import sys
 import time
-import types
-from types import SimpleNamespace
 
 import pytest
 
@@ -231,19 +229,59 @@ def test_openai_retries_rate_limit_with_backoff(chat_server):
 def test_openai_honours_max_retries_with_growing_waits(chat_server):
     chat_server.statuses = [503] * 10
     teacher = openai_teacher(chat_server.url, max_concurrency=1, max_retries=2)
-    with pytest.raises(RuntimeError, match="503 after 2 retries.*scripted failure 503"):
-        teacher.generate(rows_of(QUESTIONS[:1]))
+    (output,) = teacher.generate(rows_of(QUESTIONS[:1]))
+    assert output.error is not None and (output.reasoning, output.response, output.finished) == ("", "", False)
+    assert "503 after 2 retries" in output.error and "scripted failure 503" in output.error
     times = [t for t, _ in chat_server.requests]
     assert len(times) == 3
     assert times[2] - times[1] > times[1] - times[0] >= 0.3
 
 
-def test_openai_client_error_is_not_retried(chat_server):
-    chat_server.statuses = [400]
-    teacher = openai_teacher(chat_server.url, max_retries=3)
-    with pytest.raises(RuntimeError, match=r"answered 400 to a request for model 'tiny': scripted failure 400"):
-        teacher.generate(rows_of(QUESTIONS[:1]))
-    assert len(chat_server.requests) == 1
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_openai_client_error_fails_its_row_only_without_retries(chat_server, status):
+    # Rows go one at a time: the first is answered 429 then 200, the second `status`, the third 503 then 200.
+    chat_server.statuses = [429, 200, status, 503]
+    teacher = openai_teacher(chat_server.url, max_concurrency=1, max_retries=3)
+    outputs = teacher.generate(rows_of(QUESTIONS))
+    assert [output.error is None for output in outputs] == [True, False, True]
+    assert f"answered {status} to a request for model 'tiny': scripted failure {status}" in outputs[1].error
+    assert "retries" not in outputs[1].error
+    assert [o.response for o in outputs] == ["\\boxed{15}", "", "\\boxed{15}"]
+    assert len(chat_server.requests) == 5  # 2 for the first row, 1 for the refused one, 2 for the last
+
+
+def test_openai_rejected_key_stops_the_run(chat_server):
+    chat_server.statuses = [401]
+    teacher = openai_teacher(chat_server.url, max_concurrency=1, max_retries=3)
+    with pytest.raises(RuntimeError, match=r"answered 401 to a request for model 'tiny': scripted failure 401"):
+        teacher.generate(rows_of(QUESTIONS * 4))
+    assert len(chat_server.requests) < 12  # the rows not yet sent are never sent
+
+
+@pytest.mark.parametrize("finish_reason", ["eos", "stop", "eos_token"])
+def test_openai_every_finish_reason_but_length_is_finished(chat_server, finish_reason):
+    chat_server.finish_reason = finish_reason
+    (output,) = openai_teacher(chat_server.url).generate(rows_of(QUESTIONS[:1]))
+    assert output.finished and output.error is None and output.response == "\\boxed{15}"
+
+
+def test_openai_sends_extra_sampling_and_a_seed_per_sample(chat_server):
+    teacher = openai_teacher(chat_server.url, max_concurrency=1, seed=5, extra_sampling={"top_k": 20, "min_p": 0.0})
+    rows = [{"id": "p", "question": QUESTIONS[0], "sample": k} for k in range(3)]
+    assert len(teacher.generate(rows)) == 3
+    bodies = [body for _, body in chat_server.requests]
+    assert [(body["top_k"], body["min_p"]) for body in bodies] == [(20, 0.0)] * 3
+    assert [body["seed"] for body in bodies] == [5, 6, 7]  # a seeded server draws three different samples
+
+
+@pytest.mark.parametrize("backend", ["openai", "vllm", "transformers"])
+def test_extra_sampling_cannot_set_a_key_of_its_own(backend, chat_server, fake_vllm, tmp_path):
+    args = TeacherArguments(
+        teacher=backend, teacher_model=str(tmp_path) if backend != "openai" else "tiny", base_url=chat_server.url,
+        extra_sampling={"temperature": 1.0, "top_k": 5},
+    )  # fmt: skip
+    with pytest.raises(StageInputError, match="extra_sampling sets 'temperature'.*own recipe keys"):
+        build_teacher(args).check()
 
 
 def test_openai_bounds_concurrency(chat_server):
@@ -284,40 +322,41 @@ def test_vllm_without_vllm_installed_says_what_to_do(monkeypatch):
         build_teacher(TeacherArguments(teacher="vllm", teacher_model="org/model"))
 
 
-def test_vllm_backend_maps_engine_outputs(monkeypatch, tmp_path):
-    calls = {}
-
-    class LLM:
-        def __init__(self, **kwargs):
-            calls["engine"] = kwargs
-
-        def get_tokenizer(self):
-            return SimpleNamespace(chat_template="{{ messages }}")
-
-        def chat(self, conversations, sampling_params, use_tqdm):
-            calls["conversations"], calls["params"] = conversations, sampling_params.kwargs
-            texts = [("<think>\nr1\n</think>\n\\boxed{15}", "stop"), ("thinking cut sh", "length")]
-            return [SimpleNamespace(outputs=[SimpleNamespace(text=t, finish_reason=f)]) for t, f in texts]
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+def test_vllm_backend_maps_engine_outputs(fake_vllm, tiny_tokenizer, tmp_path):
+    think, end, word = tiny_tokenizer.convert_tokens_to_ids(["<think>", "</think>", "\u2581so"])
+    answer = [*tiny_tokenizer("\\boxed{5}", add_special_tokens=False)["input_ids"], tiny_tokenizer.eos_token_id]
+    target = [think, word, word, end, *answer]  # two thinking words, the close, the answer, the end of sequence
+    fake_vllm.script = lambda completion: target[min(len(completion), len(target) - 1)]
     model_dir = tmp_path / "model"
     model_dir.mkdir()
+    engine = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_model_len": 4096}
+    settings = {
+        "teacher": "vllm",
+        "teacher_model": str(model_dir),
+        "system_prompt": "Let me think.",
+        "temperature": 0.0,
+        "seed": 4,
+    }
     args = TeacherArguments(
-        teacher="vllm", teacher_model=str(model_dir), system_prompt="S", temperature=0.0, max_new_tokens=9, seed=4
+        **settings, max_new_tokens=32, vllm_engine_kwargs=engine, extra_sampling={"top_k": 20, "min_p": 0.0}
     )
     teacher = build_teacher(args)
     teacher.check()
     outputs = teacher.generate(rows_of(QUESTIONS[:2]))
-    assert (outputs[0].reasoning, outputs[0].response, outputs[0].finished) == ("r1", "\\boxed{15}", True)
-    assert (outputs[1].reasoning, outputs[1].finished) == ("thinking cut sh", False)
-    assert calls["engine"] == {"model": str(model_dir), "dtype": "auto", "seed": 4}
-    assert calls["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 9}
-    assert calls["conversations"][0] == [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": QUESTIONS[0]},
-    ]
+    assert [(o.reasoning, o.response, o.finished) for o in outputs] == [("so so", "\\boxed{5}", True)] * 2
+    assert fake_vllm.engine_kwargs == {"model": str(model_dir), "dtype": "auto", "seed": 4, **engine}
+    ((first_prompt, params), _) = fake_vllm.calls[0]
+    assert params.kwargs == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 32, "top_k": 20, "min_p": 0.0}
+    assert tiny_tokenizer.decode(first_prompt).startswith(
+        "<|system|>\nLet me think.<|end|>\n<|user|>\n" + QUESTIONS[0]
+    )
     assert teacher.label == f"vllm:{model_dir}"
+    # Cut by max_new_tokens: vLLM says "length", the only finish_reason that means unfinished.
+    (cut,) = build_teacher(TeacherArguments(**settings, max_new_tokens=3)).generate(rows_of(QUESTIONS[:1]))
+    assert (cut.reasoning, cut.finished) == ("so so", False)
+
+
+def test_vllm_engine_kwargs_cannot_set_a_key_of_its_own(fake_vllm, tmp_path):
+    args = TeacherArguments(teacher="vllm", teacher_model=str(tmp_path), vllm_engine_kwargs={"dtype": "float16"})
+    with pytest.raises(StageInputError, match="vllm_engine_kwargs sets 'dtype'.*teacher_dtype"):
+        build_teacher(args).check()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,6 +133,80 @@ def test_parquet_problems_are_read(tmp_path):
     assert all(row["teacher_correct"] for row in traces)
 
 
+def verify_stats(traces: Path, tmp_path: Path) -> dict:
+    from cotx_rl import verify
+
+    return verify.main(verify.VerifyArguments(str(traces), str(tmp_path / "kept.jsonl")))
+
+
+def test_a_failed_request_is_recorded_and_the_run_goes_on(tmp_path, chat_server, capsys):
+    problems = write_rows(tmp_path / "problems.jsonl", make_problems(4, "train"))
+    output = tmp_path / "traces.jsonl"
+    # One request at a time, in order: the first row is answered 429 then 200, the second 400 (not worth retrying),
+    # the third 503 then 200, the fourth 200.
+    chat_server.statuses = [429, 200, 400, 503]
+    settings = {"teacher": "openai", "teacher_model": "tiny", "base_url": chat_server.url, "max_concurrency": 1,
+                "max_retries": 2, "batch_size": 2}  # fmt: skip
+    summary = run(problems, output, **settings)
+    assert (summary["written"], summary["failed"], summary["correct"]) == (3, 1, 3)
+    assert len(chat_server.requests) == 6  # the 400 was sent once
+    traces = read_jsonl(output)
+    assert [row["finish_reason"] for row in traces] == ["stop", "error", "stop", "stop"]
+    failed = traces[1]
+    assert "answered 400" in failed["error"] and "scripted failure 400" in failed["error"]
+    assert (failed["reasoning"], failed["teacher_correct"]) == ("", False)
+    assert all("error" not in row for row in traces[::2])
+    assert "failed=1" in capsys.readouterr().err  # the progress bar counts it
+    stats = verify_stats(output, tmp_path)
+    assert (stats["total"], stats["kept"], stats["dropped"]["failed"]) == (4, 3, 1)
+    # A rerun retries the failed row only, and appends its trace.
+    again = run(problems, output, **settings)
+    assert (again["already_done"], again["retried"], again["written"], again["failed"]) == (3, 1, 1, 0)
+    traces = read_jsonl(output)
+    assert len(traces) == 5 and traces[4]["id"] == failed["id"] and traces[4]["finish_reason"] == "stop"
+    stats = verify_stats(output, tmp_path)
+    assert (stats["kept"], stats["dropped"]["failed"], stats["dropped"]["duplicate"]) == (4, 1, 0)
+    assert run(problems, output, **settings)["already_done"] == 4
+
+
+def test_an_eos_finish_reason_is_a_finished_trace(tmp_path, chat_server):
+    chat_server.finish_reason = "eos"
+    problems = write_rows(tmp_path / "problems.jsonl", make_problems(2, "train"))
+    summary = run(
+        problems, tmp_path / "traces.jsonl", teacher="openai", teacher_model="tiny", base_url=chat_server.url
+    )
+    assert (summary["truncated"], summary["correct"]) == (0, 2)
+    assert {row["finish_reason"] for row in read_jsonl(tmp_path / "traces.jsonl")} == {"stop"}
+    assert verify_stats(tmp_path / "traces.jsonl", tmp_path)["kept"] == 2
+
+
+def test_num_samples_writes_one_row_per_sample_and_a_resume_fills_the_missing_ones(tmp_path):
+    problems = write_rows(tmp_path / "problems.jsonl", make_problems(4, "train"))
+    output = tmp_path / "traces.jsonl"
+
+    def traces_run() -> dict:
+        script_args = TracesArguments(problems_path=str(problems), output_path=str(output), num_samples=3)
+        return main(script_args, TeacherArguments(batch_size=5))
+
+    summary = traces_run()
+    assert (summary["problems"], summary["total"], summary["written"]) == (4, 12, 12)
+    complete = read_jsonl(output)
+    ids = [row["id"] for row in read_jsonl(problems)]
+    assert [(row["id"], row["sample"]) for row in complete] == [(i, k) for i in ids for k in range(3)]
+    assert len({row["reasoning"] for row in complete[:3]}) == 3  # three different traces of one problem
+    # A kill after 8 rows, and (p1, sample 1) lost on the way: the rerun writes exactly the 5 missing (id, sample).
+    lines = output.read_bytes().splitlines(keepends=True)
+    output.write_bytes(b"".join(lines[:4] + lines[5:8]))
+    summary = traces_run()
+    assert (summary["already_done"], summary["written"]) == (7, 5)
+    traces = read_jsonl(output)
+    assert sorted((row["id"], row["sample"]) for row in traces) == sorted((i, k) for i in ids for k in range(3))
+    assert sorted(traces, key=lambda row: (row["id"], row["sample"])) == complete  # the same traces, redone
+    assert traces_run()["written"] == 0
+    stats = verify_stats(output, tmp_path)
+    assert (stats["kept"], stats["dropped"]["duplicate"]) == (12, 0)
+
+
 # --- bad input: a StageInputError naming the value, before any work ---------------------------------------------------
 
 
@@ -197,10 +272,40 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
 
 def test_parser_reads_recipe_keys(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("problems_path: p.jsonl\noutput_path: t.jsonl\nteacher: openai\nmax_concurrency: 3\nlimit: 7\n")
+    recipe.write_text(
+        "problems_path: p.jsonl\noutput_path: t.jsonl\nteacher: openai\nmax_concurrency: 3\nlimit: 7\n"
+        "num_samples: 4\nextra_sampling:\n  top_k: 20\n  min_p: 0.0\n"
+        "vllm_engine_kwargs: {tensor_parallel_size: 2, gpu_memory_utilization: 0.9}\n"
+    )
     script_args, teacher_args = make_parser().parse_args_and_config(["--config", str(recipe), "--max_retries", "1"])
-    assert (script_args.problems_path, script_args.limit) == ("p.jsonl", 7)
+    assert (script_args.problems_path, script_args.limit, script_args.num_samples) == ("p.jsonl", 7, 4)
     assert (teacher_args.teacher, teacher_args.max_concurrency, teacher_args.max_retries) == ("openai", 3, 1)
+    assert teacher_args.extra_sampling == {"top_k": 20, "min_p": 0.0}
+    assert teacher_args.vllm_engine_kwargs == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}
+    # On the command line, a mapping is JSON.
+    _, teacher_args = make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--extra_sampling", '{"top_k": 5}']
+    )
+    assert teacher_args.extra_sampling == {"top_k": 5}
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--extra_sampling", "{top_k: 5}"], "extra_sampling must be a JSON object"),
+        (["--vllm_engine_kwargs", "[1, 2]"], "vllm_engine_kwargs must be a mapping"),
+        (["--num_samples", "0"], "num_samples must be a positive integer, got 0"),
+    ],
+)
+def test_cli_refuses_bad_sampling_settings_in_one_line(flags, expected, tmp_path, capsys):
+    from cotx_rl.cli import main as cli_main
+
+    problems = write_rows(tmp_path / "problems.jsonl", make_problems(2, "train"))
+    argv = ["traces", "--problems_path", str(problems), "--output_path", str(tmp_path / "t.jsonl"), *flags]
+    code = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "t.jsonl").exists()
 
 
 # --- a run killed mid-way ---------------------------------------------------------------------------------------------
@@ -241,3 +346,87 @@ def test_killed_run_resumes_without_loss_or_duplicates(problems_path, tmp_path, 
     assert complete_lines(output)[: len(written)] == written  # nothing written before the kill was lost
     ids = [row["id"] for row in read_jsonl(output)]
     assert sorted(ids) == sorted(row["id"] for row in read_jsonl(problems_path))  # each id exactly once
+
+
+# --- a real OpenAI-compatible server: `transformers serve` ------------------------------------------------------------
+
+SERVER_START_SECONDS = 120  # importing transformers and loading the model on a loaded 2-core machine
+
+
+@pytest.fixture
+def transformers_server(tmp_path, shared_data):
+    """`transformers serve` on 127.0.0.1 (a free port), pinned to a tiny random Qwen2 saved with the real
+    DeepSeek-R1-Distill-Qwen tokenizer and chat template; offline, so it can only load that folder. Yields
+    `(base_url, model_dir)`; the server is always stopped after the test."""
+    import urllib.error
+    import urllib.request
+
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    source = shared_data / "real" / "tokenizers" / "deepseek-r1-distill-qwen"
+    config = json.loads((source / "config.json").read_text())  # the real 32B config, shrunk to one tiny layer
+    config.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_window_layers=1, torch_dtype="float32")  # fmt: skip
+    model_dir = tmp_path / "teacher"
+    Qwen2ForCausalLM(Qwen2Config(**config)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(model_dir)
+    port = closed_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log_path = tmp_path / "server.log"
+    # The `transformers` command of this environment (its serve extra: `pip install -e .[dev]`).
+    executable = Path(sys.executable).with_name("transformers")
+    executable = str(executable) if executable.exists() else shutil.which("transformers")
+    assert executable, "the `transformers` command is not installed"
+    command = [executable, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--dtype", "float32"]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"transformers serve did not answer /health within {SERVER_START_SECONDS} s:\n"
+                    f"{log_path.read_text()[-3000:]}"
+                )
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/v1", model_dir
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_traces_from_transformers_serve(transformers_server, tmp_path):
+    from cotx_rl.cli import main as cli_main
+
+    url, model_dir = transformers_server
+    problems = write_rows(tmp_path / "problems.jsonl", make_problems(3, "train"))
+    output = tmp_path / "traces.jsonl"
+    recipe = tmp_path / "traces.yaml"
+    recipe.write_text(
+        f"problems_path: {problems}\noutput_path: {output}\nteacher: openai\nteacher_model: {model_dir}\n"
+        f"base_url: {url}\nmax_new_tokens: 8\ntemperature: 0.6\nnum_samples: 2\nmax_concurrency: 2\n"
+        "request_timeout: 60\nmax_retries: 1\n"
+    )
+    assert cli_main(["traces", "--config", str(recipe)]) == 0
+    traces = read_jsonl(output)
+    rows = read_jsonl(problems)
+    assert [(row["id"], row["sample"]) for row in traces] == [(p["id"], k) for p in rows for k in range(2)]
+    for problem, row in zip([p for p in rows for _ in range(2)], traces):
+        assert set(row) == set(problem) | TRACE_COLUMNS | {"sample"}, row
+        assert {key: row[key] for key in problem} == problem
+        assert row["teacher"] == f"openai:{model_dir}" and row["finish_reason"] in ("stop", "length")
+        assert isinstance(row["reasoning"], str) and isinstance(row["response"], str) and row["reasoning"]
+        assert row["teacher_correct"] is False  # a random model does not compute

@@ -22,6 +22,7 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
         trace("cut", "3 * 4 = 1", "", finish="length"),
         trace("bad-gold", "3 * 4 = 12.", "\\boxed{12}", answer="\\boxed{}"),
         trace("no-gold", "3 * 4 = 12.", "\\boxed{12}", answer=""),
+        trace("refused", "", "", finish="error", error="The openai teacher's endpoint answered 400: bad request"),
     ]
     write_rows(tmp_path / "traces.jsonl", rows)
     stats = verify.main(
@@ -33,6 +34,7 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
     assert stats["dropped"] == {
         "truncated": 1,
         "null_gold": 1,
+        "failed": 1,
         "duplicate": 0,
         "no_answer": 1,
         "wrong_answer": 1,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from cotx_rl.io import StageInputError
 from cotx_rl.teachers.base import RewriteRequest, Teacher, TeacherOutput, split_thinking
 from cotx_rl.teachers.config import TEACHER_BACKENDS, TeacherArguments
 
 __all__ = ["RewriteRequest", "Teacher", "TeacherArguments", "TeacherOutput", "build_teacher", "split_thinking"]
+
+logger = logging.getLogger(__name__)
+# Which backends read each pass-through setting; a recipe that sets one for another backend is told it is ignored.
+READERS = {"extra_sampling": ("transformers", "openai", "vllm"), "vllm_engine_kwargs": ("vllm",)}
 
 
 def build_teacher(args: TeacherArguments) -> Teacher:
@@ -14,6 +20,11 @@ def build_teacher(args: TeacherArguments) -> Teacher:
 
     Call `check()` on it to validate the model and the endpoint before any work.
     """
+    for key, backends in READERS.items():
+        if getattr(args, key) and args.teacher not in backends:
+            logger.warning(
+                "%s is ignored by the %s teacher (it is read by %s).", key, args.teacher, ", ".join(backends)
+            )
     # Backends are imported here, so that choosing one never imports another's heavy dependencies.
     if args.teacher == "procedural":
         from cotx_rl.teachers.procedural import ProceduralTeacher
@@ -31,6 +42,7 @@ def build_teacher(args: TeacherArguments) -> Teacher:
             batch_size=args.batch_size,
             dtype=args.teacher_dtype,
             seed=args.seed,
+            extra_sampling=args.extra_sampling,
         )
     if args.teacher == "openai":
         from cotx_rl.teachers.openai_compat import OpenAITeacher
@@ -47,6 +59,7 @@ def build_teacher(args: TeacherArguments) -> Teacher:
             max_retries=args.max_retries,
             request_timeout=args.request_timeout,
             seed=args.seed,
+            extra_sampling=args.extra_sampling,
         )
     if args.teacher == "vllm":
         from cotx_rl.teachers.vllm_backend import VLLMTeacher
@@ -59,5 +72,7 @@ def build_teacher(args: TeacherArguments) -> Teacher:
             max_new_tokens=args.max_new_tokens,
             dtype=args.teacher_dtype,
             seed=args.seed,
+            extra_sampling=args.extra_sampling,
+            engine_kwargs=args.vllm_engine_kwargs,
         )
     raise StageInputError(f"Unknown teacher {args.teacher!r}; choose one of {', '.join(TEACHER_BACKENDS)}.")

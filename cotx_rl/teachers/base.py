@@ -31,11 +31,16 @@ class RewriteRequest:
 
 @dataclass(frozen=True)
 class TeacherOutput:
-    """One trace: the thinking, the visible response after it, and whether generation ended on its own."""
+    """One trace: the thinking, the visible response after it, and whether generation ended on its own.
+
+    `error` is set, and the rest empty, when the backend could not get this trace (the openai backend records a
+    request the endpoint refused or kept failing, and goes on with the other rows).
+    """
 
     reasoning: str
     response: str
     finished: bool
+    error: str | None = None
 
 
 def check_model_path(model: str | None, backend: str) -> None:
@@ -60,6 +65,19 @@ def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> Non
         raise StageInputError(f"max_new_tokens must be positive, got {max_new_tokens}.")
 
 
+def check_extra_options(options: dict | None, reserved: set[str], key: str, backend: str) -> dict:
+    """The options of a pass-through mapping (`extra_sampling`, `vllm_engine_kwargs`), or a `StageInputError` when
+    one of them is a setting that has its own recipe key (two places for one setting would disagree)."""
+    options = dict(options or {})
+    clashing = sorted(str(name) for name in options if name in reserved)
+    if clashing:
+        raise StageInputError(
+            f"{key} sets {', '.join(repr(name) for name in clashing)}, which the {backend} teacher takes from its own "
+            f"recipe keys (temperature, top_p, max_new_tokens, seed, teacher_model, teacher_dtype); set them there."
+        )
+    return options
+
+
 class Teacher(ABC):
     """A source of reasoning traces. Backends: procedural, transformers, openai, vllm."""
 
@@ -75,7 +93,8 @@ class Teacher(ABC):
 
     @abstractmethod
     def generate(self, rows: list[dict]) -> list[TeacherOutput]:
-        """One trace per problem row (rows carry at least `id` and `question`)."""
+        """One trace per problem row (rows carry at least `id` and `question`, and `sample`, the index of the trace
+        among a problem's samples, when several are drawn: a row may appear once per sample)."""
 
     def rewrite(
         self, row: dict, reasoning: str, budget_tokens: int, count_tokens: Callable[[str], int] | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+
+from cotx_rl.io import StageInputError
 
 TEACHER_BACKENDS = ("procedural", "transformers", "openai", "vllm")
 
@@ -48,10 +51,31 @@ class TeacherArguments:
     )
     max_concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (openai backend)."})
     max_retries: int = field(
-        default=5, metadata={"help": "Retries with exponential backoff on 429 and 5xx answers (openai backend)."}
+        default=5,
+        metadata={
+            "help": "Retries with exponential backoff of a request that timed out, lost its connection or was "
+            "answered 408, 409, 429 or 5xx (openai backend). Other answers (400, 404, 422, ...) are not retried: the "
+            "row is recorded as failed and the run goes on (a rejected key, 401 or 403, stops it)."
+        },
     )
     request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request is abandoned."})
     seed: int = field(default=0, metadata={"help": "Seed of the teacher's sampling (procedural: of every trace)."})
+    extra_sampling: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "More sampling options, passed on as they are: into each request's body (openai; e.g. "
+            "{top_k: 20, min_p: 0.0} for a vLLM or SGLang server), to vLLM's SamplingParams (vllm), or to generate() "
+            "(transformers). A mapping in the recipe, JSON on the command line."
+        },
+    )
+    vllm_engine_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Settings of vLLM's engine, passed to vllm.LLM (vllm backend): tensor_parallel_size, "
+            "gpu_memory_utilization, max_model_len, enable_prefix_caching, ... A mapping in the recipe, JSON on the "
+            "command line."
+        },
+    )
     min_words: int = field(
         default=0,
         metadata={"help": "Procedural teacher: re-verify until a trace has this many words (teachers overthink)."},
@@ -59,3 +83,19 @@ class TeacherArguments:
     wrong_turn_rate: float = field(
         default=0.15, metadata={"help": "Procedural teacher: chance per step of a caught and corrected mistake."}
     )
+
+    def __post_init__(self):
+        self.extra_sampling = _mapping(self.extra_sampling, "extra_sampling")
+        self.vllm_engine_kwargs = _mapping(self.vllm_engine_kwargs, "vllm_engine_kwargs")
+
+
+def _mapping(value: dict | str | None, key: str) -> dict | None:
+    """A mapping key's value: a dict from a recipe, or the JSON object a command-line flag gives as text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise StageInputError(f"{key} must be a JSON object, got {value!r} ({error.msg}).") from error
+    if value is not None and not isinstance(value, dict):
+        raise StageInputError(f"{key} must be a mapping of option names to values, got {value!r}.")
+    return value

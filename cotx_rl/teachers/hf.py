@@ -13,12 +13,15 @@ from cotx_rl.io import StageInputError, looks_like_local_path
 from cotx_rl.teachers.base import (
     Teacher,
     TeacherOutput,
+    check_extra_options,
     check_model_path,
     check_sampling,
     split_thinking,
 )
 
 logger = logging.getLogger(__name__)
+# `generate()` arguments the teacher sets from its own recipe keys; `extra_sampling` may not set them too.
+OWN_GENERATE_KWARGS = {"temperature", "top_p", "max_new_tokens", "do_sample", "eos_token_id", "pad_token_id"}
 
 
 class TransformersTeacher(Teacher):
@@ -37,6 +40,7 @@ class TransformersTeacher(Teacher):
         batch_size (`int`): prompts per `generate` call.
         dtype (`str`): weights dtype (`auto`, `bfloat16`, `float16`, `float32`).
         seed (`int`): seeds sampling once, when the model is loaded.
+        extra_sampling (`dict`, *optional*): more `generate()` arguments (`top_k`, `min_p`, `repetition_penalty`, ...).
     """
 
     name = "transformers"
@@ -51,11 +55,13 @@ class TransformersTeacher(Teacher):
         batch_size: int = 8,
         dtype: str = "auto",
         seed: int = 0,
+        extra_sampling: dict | None = None,
     ):
         self.model_name = model
         self.system_prompt = system_prompt
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.batch_size, self.dtype, self.seed = batch_size, dtype, seed
+        self.extra_sampling = dict(extra_sampling or {})
         self._model = None
         self._tokenizer = None
 
@@ -68,6 +74,7 @@ class TransformersTeacher(Teacher):
         check_sampling(self.temperature, self.top_p, self.max_new_tokens)
         if self.batch_size <= 0:
             raise StageInputError(f"batch_size must be positive, got {self.batch_size}.")
+        check_extra_options(self.extra_sampling, OWN_GENERATE_KWARGS, "extra_sampling", self.name)
         self._torch_dtype()
 
     def _torch_dtype(self):
@@ -151,6 +158,7 @@ class TransformersTeacher(Teacher):
                     eos_token_id=eos_ids or None,
                     pad_token_id=tokenizer.pad_token_id,
                     **sampling,
+                    **self.extra_sampling,
                 )
             new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
             for ids in new_tokens:

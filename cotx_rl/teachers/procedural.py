@@ -140,7 +140,9 @@ class ProceduralTeacher(Teacher):
         outputs = []
         for row in rows:
             problem = self._problem(row)
-            rng = random.Random(f"{self.seed}-{row['id']}")
+            # Sample k > 0 of a problem (several drawn per problem) is a trace of its own; sample 0 is the only one.
+            sample = f"-{row['sample']}" if row.get("sample") else ""
+            rng = random.Random(f"{self.seed}-{row['id']}{sample}")
             reasoning = _write_trace(problem, rng, self.min_words, self.wrong_turn_rate)
             outputs.append(TeacherOutput(reasoning, RESPONSE.format(ans=problem.answer), finished=True))
         return outputs

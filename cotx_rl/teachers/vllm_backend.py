@@ -13,6 +13,7 @@ from cotx_rl.io import StageInputError, looks_like_local_path
 from cotx_rl.teachers.base import (
     Teacher,
     TeacherOutput,
+    check_extra_options,
     check_model_path,
     check_sampling,
     split_thinking,
@@ -21,13 +22,16 @@ from cotx_rl.teachers.base import (
 logger = logging.getLogger(__name__)
 
 MISSING_VLLM = "The vllm teacher needs `pip install vllm` on a GPU machine; use teacher: transformers or openai here."
+# Settings the teacher takes from its own recipe keys; `vllm_engine_kwargs` and `extra_sampling` may not set them too.
+OWN_ENGINE_KWARGS = {"model", "dtype", "seed"}
+OWN_SAMPLING_PARAMS = {"temperature", "top_p", "max_tokens", "n", "seed"}
 
 
 class VLLMTeacher(Teacher):
     """Traces from `vllm.LLM` with `SamplingParams`; chat prompts when the tokenizer has a template.
 
-    A trace is finished when vLLM reports `finish_reason == "stop"` (an end-of-sequence or stop token), not
-    `"length"`.
+    A trace is finished unless vLLM reports `finish_reason == "length"` (`max_new_tokens` reached). Several samples of
+    one problem are rows of their own (the same question again): vLLM draws each with its own random state.
 
     Args:
         model (`str`): hub name or local folder of the model.
@@ -37,7 +41,9 @@ class VLLMTeacher(Teacher):
         max_new_tokens (`int`): most tokens generated per trace.
         dtype (`str`): weights dtype (`auto`, `bfloat16`, ...).
         seed (`int`): the engine's seed.
-        **engine_kwargs: passed to `vllm.LLM` (for example `tensor_parallel_size`, `gpu_memory_utilization`).
+        extra_sampling (`dict`, *optional*): more `SamplingParams` (`top_k`, `min_p`, `repetition_penalty`, ...).
+        engine_kwargs (`dict`, *optional*): passed to `vllm.LLM` (`tensor_parallel_size`, `gpu_memory_utilization`,
+            `max_model_len`, ...): the recipe's `vllm_engine_kwargs`.
     """
 
     name = "vllm"
@@ -51,7 +57,8 @@ class VLLMTeacher(Teacher):
         max_new_tokens: int = 4096,
         dtype: str = "auto",
         seed: int = 0,
-        **engine_kwargs,
+        extra_sampling: dict | None = None,
+        engine_kwargs: dict | None = None,
     ):
         try:
             import vllm  # noqa: F401 (only whether it imports)
@@ -60,7 +67,8 @@ class VLLMTeacher(Teacher):
         self.model_name = model
         self.system_prompt = system_prompt
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-        self.dtype, self.seed, self.engine_kwargs = dtype, seed, engine_kwargs
+        self.dtype, self.seed = dtype, seed
+        self.extra_sampling, self.engine_kwargs = dict(extra_sampling or {}), dict(engine_kwargs or {})
         self._llm = None
 
     @property
@@ -70,6 +78,8 @@ class VLLMTeacher(Teacher):
     def check(self) -> None:
         check_model_path(self.model_name, self.name)
         check_sampling(self.temperature, self.top_p, self.max_new_tokens)
+        check_extra_options(self.engine_kwargs, OWN_ENGINE_KWARGS, "vllm_engine_kwargs", self.name)
+        check_extra_options(self.extra_sampling, OWN_SAMPLING_PARAMS, "extra_sampling", self.name)
 
     @property
     def llm(self):
@@ -88,7 +98,9 @@ class VLLMTeacher(Teacher):
 
         # Greedy decoding ignores top_p, but vLLM rejects top_p < 1 together with temperature 0 in some versions.
         top_p = self.top_p if self.temperature > 0 else 1.0
-        return SamplingParams(temperature=self.temperature, top_p=top_p, max_tokens=self.max_new_tokens)
+        return SamplingParams(
+            temperature=self.temperature, top_p=top_p, max_tokens=self.max_new_tokens, **self.extra_sampling
+        )
 
     def _run(self, user_texts: list[str], system_prompt: str | None) -> list[tuple[str, bool]]:
         """(text, finished) per user turn."""
@@ -100,7 +112,7 @@ class VLLMTeacher(Teacher):
         else:
             prompts = [f"{system_prompt}\n\n{text}" if system_prompt else text for text in user_texts]
             results = llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        return [(result.outputs[0].text, result.outputs[0].finish_reason == "stop") for result in results]
+        return [(result.outputs[0].text, result.outputs[0].finish_reason != "length") for result in results]
 
     def generate(self, rows: list[dict]) -> list[TeacherOutput]:
         outputs = []
