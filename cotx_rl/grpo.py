@@ -11,6 +11,10 @@ Golds written as numbers (`42`, `0.5`) are read as their text. A row whose gold 
 log counts the drops and names their lines: its completions would all score None (no signal to learn from), as the
 verify stage drops such rows as `unreadable_gold`. The output folder is checked for writability first.
 
+A LoRA SFT student continues its adapter; with `use_vllm: true` it is merged into a full model first (vLLM's weight
+sync knows LoRA layers but not PEFT's trained marker rows) and the recipe's LoRA keys start a new adapter. When the chat
+template's generation prompt opens the thought, each reward sees the completion with the prompt's `<think>` put back.
+
 Run: `accelerate launch -m cotx_rl.grpo --config recipes/tiny/grpo.yaml` or `cotx-rl grpo --config ...`.
 """
 
