@@ -22,7 +22,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cotx_rl.budget import (
@@ -359,19 +358,6 @@ def use_vllm(engine: str) -> bool:
     return engine == "vllm" or (engine == "auto" and vllm_usable())
 
 
-def merged_model_path(path: str, output_dir: str) -> str:
-    """vLLM loads full models: a LoRA adapter is merged onto its base and saved under `output_dir/merged` first."""
-    from cotx_rl.models import is_adapter, load_for_inference
-
-    if not is_adapter(path):
-        return path
-    model, tokenizer = load_for_inference(path, "cpu")
-    merged = Path(output_dir) / "merged" / Path(path).name
-    model.save_pretrained(merged)
-    tokenizer.save_pretrained(merged)
-    return str(merged)
-
-
 class VLLMGenerator:
     """Greedy generation with a vLLM engine (GPU machines), same contract as [`generate`].
 
@@ -593,7 +579,7 @@ class BudgetedGenerator:
         dtype: str = "auto",
         work_dir: str = ".",
     ):
-        from cotx_rl.models import load_for_inference, load_tokenizer
+        from cotx_rl.models import load_for_inference, load_tokenizer, merged_model_path
 
         if engine not in ("auto", "vllm", "transformers"):
             raise StageInputError(f"Unknown engine {engine!r}; choose transformers, vllm or auto.")

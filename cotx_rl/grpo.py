@@ -11,6 +11,10 @@ Golds written as numbers (`42`, `0.5`) are read as their text. A row whose gold 
 log counts the drops and names their lines: its completions would all score None (no signal to learn from), as the
 verify stage drops such rows as `unreadable_gold`. The output folder is checked for writability first.
 
+A LoRA SFT student continues its adapter; with `use_vllm: true` it is merged into a full model first (vLLM's weight
+sync knows LoRA layers but not PEFT's trained marker rows) and the recipe's LoRA keys start a new adapter. When the chat
+template's generation prompt opens the thought, each reward sees the completion with the prompt's `<think>` put back.
+
 Run: `accelerate launch -m cotx_rl.grpo --config recipes/tiny/grpo.yaml` or `cotx-rl grpo --config ...`.
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import rewards
 from cotx_rl.budget import BUDGET_MODES, BudgetSettingError, check_mode_proportions
-from cotx_rl.chat import prompt_messages
+from cotx_rl.chat import opened_thought, prompt_messages
 from cotx_rl.config import RunArguments
 from cotx_rl.io import (
     JSONDict,
@@ -136,6 +140,50 @@ def build_rewards(args: GRPOScriptArguments, tokenizer) -> list:
     return built
 
 
+class OpenedThoughtReward:
+    """A reward that scores each completion with the thought the prompt opened put back in front of it.
+
+    When the chat template's generation prompt ends in `<think>` (newer DeepSeek-R1-Distill templates), the student's
+    completion starts inside the thought; the rewards count and parse whole completions, as evaluation does.
+    """
+
+    def __init__(self, reward, opened_text: str, opened_ids: list[int]):
+        self.reward, self.opened_text, self.opened_ids = reward, opened_text, list(opened_ids)
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+
+    def _restore(self, completion):
+        if isinstance(completion, str):
+            return self.opened_text + completion
+        first, *rest = completion  # a conversational completion: the assistant message, then any others
+        return [{**first, "content": self.opened_text + (first.get("content") or "")}, *rest]
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, **kwargs):
+        completions = [self._restore(completion) for completion in completions]
+        if completion_ids is not None:
+            completion_ids = [self.opened_ids + list(ids) for ids in completion_ids]
+        return self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+
+    def __getattr__(self, name):  # the wrapped reward's settings (weights, tokenizer) stay readable
+        if name == "reward":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.reward, name)
+
+
+def with_opened_thought(reward_funcs: list, tokenizer, args: GRPOScriptArguments) -> list:
+    """The rewards as they are, or wrapped in [`OpenedThoughtReward`] when the template opens the thought."""
+    opened = opened_thought(tokenizer)
+    if not opened:
+        return reward_funcs
+    if args.mode_proportions.get("auto"):
+        raise StageInputError(
+            f"The student's chat template opens the thought in its generation prompt ({opened!r}), so in auto mode "
+            "it could not declare its <budget> before <think>: set the auto share of mode_proportions to 0, or "
+            "train the student with a template whose generation prompt does not open the thought."
+        )
+    ids = tokenizer(opened, add_special_tokens=False)["input_ids"]
+    return [OpenedThoughtReward(reward, opened, ids) for reward in reward_funcs]
+
+
 def check_settings(args: GRPOScriptArguments, training_args, run_args: RunArguments, num_processes: int) -> None:
     """The checks that fail before training: each names the value that is wrong."""
     if training_args.num_generations is None or training_args.num_generations < 2:
@@ -179,9 +227,11 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, run_args: 
     check_writable_output(training_args.output_dir, "GRPO output_dir", folder=True)
     rows = load_problems(script_args.problems_path, run_args.budget_grid, script_args.num_problems)
     tokenizer = load_tokenizer(script_args.sft_model_path)
-    reward_funcs = build_rewards(script_args, tokenizer)
+    reward_funcs = with_opened_thought(build_rewards(script_args, tokenizer), tokenizer, script_args)
     dataset = Dataset.from_list(budgeted_prompts(rows, script_args, run_args.budget_grid, training_args.seed))
-    model, peft_config = load_policy(script_args.sft_model_path, model_args)
+    # vLLM's weight sync knows LoRA layers but not PEFT's trainable-token wrappers: merge an SFT adapter first.
+    merge_into = training_args.output_dir if training_args.use_vllm else None
+    model, peft_config = load_policy(script_args.sft_model_path, model_args, merge_into=merge_into)
     configure_wandb(training_args.report_to, training_args.output_dir)
     trainer = GRPOTrainer(
         model=model,

@@ -117,21 +117,81 @@ def load_student(model_args, embedded: EmbeddedStudentArguments | None = None, s
     return model, tokenizer
 
 
+def _module_name(model, module) -> str:
+    """The short name PEFT matches module keys against (`embed_tokens`, `lm_head`)."""
+    return next(name for name, candidate in model.named_modules() if candidate is module).rsplit(".", 1)[-1]
+
+
+def output_layer_is_tied(model) -> bool:
+    """Whether the output layer shares its weight with the input embedding (Qwen2.5-1.5B, Qwen3 <= 4B) or not
+    (DeepSeek-R1-Distill-Qwen, 7B/8B students)."""
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
 def lora_config(model_args, model) -> Any:
-    """TRL's LoRA config from `ModelConfig`, training the embedding rows of any marker tokens just added."""
+    """TRL's LoRA config from `ModelConfig`, training the rows of any marker tokens just added.
+
+    The rows train in the input embedding and, when the output layer is not tied to it, in the output layer too: a
+    student must learn both to read the markers and to write them. (Tied, PEFT trains the one shared matrix.)
+    """
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
     added = getattr(model, "_cotx_added_token_ids", [])
     if config is not None and added:
-        config.trainable_token_indices = {"embed_tokens": list(added)}
+        layers = [model.get_input_embeddings()]
+        if not output_layer_is_tied(model):
+            layers.append(model.get_output_embeddings())
+        config.trainable_token_indices = {_module_name(model, layer): list(added) for layer in layers}
     return config
 
 
-def load_policy(path: str, model_args) -> tuple[Any, Any]:
-    """`(model, peft_config)` for GRPO from the SFT output: a LoRA adapter on its base (kept trainable), or a full model
-    (with a new LoRA config when the recipe asks for one)."""
-    if is_adapter(path):
+def expose_output_bias(model) -> None:
+    """Let TRL's fused LM head read `lm_head.bias` through PEFT's trainable-token wrapper.
+
+    TRL's SFT and GRPO trainers compute log-probabilities from `lm_head.weight` and `lm_head.bias` directly. When the
+    marker rows train (`trainable_token_indices`), PEFT wraps the output layer in a `TrainableTokensWrapper` that
+    answers `weight` (the merged weight, so the trained rows take part) but not `bias`, and the first step fails with
+    `AttributeError: 'TrainableTokensWrapper' object has no attribute 'bias'`. The base layer's bias (None for every
+    student here) is set on the wrapper as a plain attribute, so it is neither a second parameter nor saved twice.
+    """
+    try:
+        from peft.utils.other import TrainableTokensWrapper
+    except ImportError:  # no PEFT, no wrapper
+        return
+    output = model.get_output_embeddings()
+    if isinstance(output, TrainableTokensWrapper) and "bias" not in vars(output):
+        object.__setattr__(output, "bias", output.token_adapter.get_base_layer().bias)
+
+
+def merged_model_path(path: str, output_dir: str) -> str:
+    """A full model for engines that load no PEFT adapter (vLLM): an adapter folder is merged onto its base (the
+    marker rows it trained included) and saved, once, under `output_dir/merged/<name>`; a full model is returned as
+    it is. The merged model's weight names are the base model's own, with no `lora_` or `token_adapter` in them."""
+    if not is_adapter(path):
+        return path
+    from accelerate import PartialState
+
+    merged = Path(output_dir) / "merged" / Path(path).name
+    with PartialState().main_process_first():
+        if not (merged / "config.json").is_file():
+            model, tokenizer = load_for_inference(path, "cpu")
+            model.save_pretrained(merged)
+            tokenizer.save_pretrained(merged)
+            logger.info("Merged the LoRA adapter %s onto its base in %s (vLLM loads full models).", path, merged)
+    return str(merged)
+
+
+def load_policy(path: str, model_args, merge_into: str | None = None) -> tuple[Any, Any]:
+    """`(model, peft_config)` for GRPO from the SFT output.
+
+    A LoRA adapter is loaded on its base and kept trainable, unless `merge_into` names a folder: then it is merged into
+    a full model there first (vLLM generation, whose weight sync knows LoRA layers but not PEFT's trainable-token
+    wrappers), and the recipe's own LoRA keys, if any, start a new adapter on the merged model. A full model gets a new
+    LoRA config when the recipe asks for one.
+    """
+    if is_adapter(path) and merge_into is None:
         from peft import AutoPeftModelForCausalLM
 
         return AutoPeftModelForCausalLM.from_pretrained(
@@ -139,6 +199,8 @@ def load_policy(path: str, model_args) -> tuple[Any, Any]:
         ), None
     from transformers import AutoModelForCausalLM
 
+    if merge_into is not None:
+        path = merged_model_path(path, merge_into)
     model = AutoModelForCausalLM.from_pretrained(path, **_pretrained_kwargs(model_args))
     return model, lora_config(model_args, model)
 

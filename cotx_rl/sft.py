@@ -1,7 +1,12 @@
 """Phase 1, stage `sft`: supervised fine-tuning of the student on budgeted examples, with TRL's `SFTTrainer`.
 
-Each example is a chat prompt (the question, then the budget directive of its mode) and a completion in DESIGN.md's
-format (`<budget>` first in `auto` mode, then the thought, then the answer); the loss is on the completion only.
+Each example is a chat prompt (the question, then the budget directive of its mode, through the student's chat template
+with the assistant turn opened, as generation renders it) and a completion in DESIGN.md's format (`<budget>` first in
+`auto` mode, then the thought, then the answer), kept as it is rather than rewritten by the template
+(see `cotx_rl.chat`); the loss is on the completion only. Before the model loads, a few examples are tokenized as
+TRL will tokenize them and checked: the thought, its reasoning and (auto) the `<budget>` tag must all be in the trained
+tokens, or the stage stops with one message (exit 2). `chat_template_path` (a .jinja file) replaces the student's
+template for the whole run: it is saved with the student, so GRPO and eval render prompts with it too.
 With `budgeted: false` the same stage trains on uncompressed traces without any directive: the full-CoT baseline.
 
 Every example is checked before the model loads: a missing column, an empty or null `question` or `reasoning`, a
@@ -15,11 +20,12 @@ Run: `accelerate launch -m cotx_rl.sft --config recipes/tiny/sft.yaml` or `cotx-
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
-from cotx_rl.budget import BUDGET_MODES
-from cotx_rl.chat import chat_example
+from cotx_rl.budget import BUDGET_END, BUDGET_MODES, BUDGET_START, render_thinking
+from cotx_rl.chat import TemplateError, opened_thought, sft_example
 from cotx_rl.io import Rows, StageInputError, check_rows, check_writable_output, read_rows, refuse_rows
 from cotx_rl.models import EmbeddedStudentArguments, load_student, lora_config
 from cotx_rl.tracking import configure_wandb
@@ -60,11 +66,55 @@ def check_examples(rows: Rows, budgeted: bool) -> None:
     refuse_rows(rows, bad, "fix the row (the compress stage writes these columns) or remove it")
 
 
-def build_dataset(rows: list[dict], budgeted: bool):
-    """The chat prompt-completion pairs of rows that passed [`check_examples`]."""
+def build_dataset(rows: list[dict], tokenizer, budgeted: bool):
+    """The text prompt-completion pairs (see `cotx_rl.chat.sft_example`) of rows that passed [`check_examples`]."""
     from datasets import Dataset
 
-    return Dataset.from_list([chat_example(row, budgeted) for row in rows])
+    try:
+        return Dataset.from_list([sft_example(tokenizer, row, budgeted) for row in rows])
+    except TemplateError as error:
+        raise StageInputError(str(error)) from error
+
+
+def _trained_text(tokenizer, example: dict) -> str:
+    """The completion part of an example as TRL tokenizes it (prompt + completion + end of sequence), decoded."""
+    prompt_ids = tokenizer(example["prompt"])["input_ids"]
+    ids = tokenizer(example["prompt"] + example["completion"] + tokenizer.eos_token)["input_ids"]
+    return tokenizer.decode(ids[len(prompt_ids) :])
+
+
+def check_reasoning_kept(rows: list[dict], dataset, tokenizer, budgeted: bool, samples_per_mode: int = 2) -> None:
+    """Tokenize a few examples of each mode as TRL will and check that the trained tokens keep the thought, its
+    reasoning and (auto) the declared `<budget>`: a tokenizer or template that loses them stops the stage."""
+    opened = opened_thought(tokenizer)
+    seen: dict = {}
+    for index, row in enumerate(rows):
+        mode = row.get("budget_mode") if budgeted else None
+        if seen.get(mode, 0) >= samples_per_mode:
+            continue
+        seen[mode] = seen.get(mode, 0) + 1
+        text = opened + _trained_text(tokenizer, dataset[index])
+        wanted = [render_thinking(row["reasoning"])]
+        if mode == "auto":
+            wanted.insert(0, f"{BUDGET_START}{row['budget_tokens']}{BUDGET_END}")
+        lost = [part for part in wanted if part not in text]
+        if lost:
+            raise StageInputError(
+                f"SFT example {row.get('id')!r} ({mode or 'unbudgeted'}) loses {lost[0][:60]!r} when tokenized with "
+                f"the student's tokenizer; the trained text would be {text[:200]!r}. Use a tokenizer that keeps the "
+                "budget markers and the text as they are (set chat_template_path to a .jinja template if the chat "
+                "template is the cause)."
+            )
+
+
+def apply_chat_template_path(tokenizer, path: str | None) -> None:
+    """`chat_template_path` before the examples are rendered (TRL would only apply it when the trainer starts)."""
+    if path is None:
+        return
+    if not (path.endswith((".jinja", ".j2")) and os.path.isfile(path)):
+        raise StageInputError(f"chat_template_path {path!r} must be an existing .jinja (or .j2) file.")
+    with open(path, encoding="utf-8") as file:
+        tokenizer.chat_template = file.read()
 
 
 def check_lengths(dataset, tokenizer, max_length: int | None, drop: bool):
@@ -73,8 +123,8 @@ def check_lengths(dataset, tokenizer, max_length: int | None, drop: bool):
         return dataset
 
     def length(example):
-        text = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
-        return {"num_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
+        text = example["prompt"] + example["completion"] + tokenizer.eos_token
+        return {"num_tokens": len(tokenizer(text)["input_ids"])}
 
     measured = dataset.map(length, desc="measure lengths")
     too_long = [n for n in measured["num_tokens"] if n > max_length]
@@ -97,7 +147,10 @@ def main(script_args: SFTScriptArguments, training_args, model_args, embedded_ar
     rows = read_rows(script_args.dataset_path, "SFT dataset")
     check_examples(rows, script_args.budgeted)
     model, tokenizer = load_student(model_args, embedded_args, seed=training_args.seed)
-    dataset = build_dataset(rows, script_args.budgeted).shuffle(seed=training_args.seed)
+    apply_chat_template_path(tokenizer, training_args.chat_template_path)
+    dataset = build_dataset(rows, tokenizer, script_args.budgeted)
+    check_reasoning_kept(rows, dataset, tokenizer, script_args.budgeted)
+    dataset = dataset.shuffle(seed=training_args.seed)
     dataset = check_lengths(dataset, tokenizer, training_args.max_length, script_args.drop_long_examples)
     configure_wandb(training_args.report_to, training_args.output_dir)
     trainer = SFTTrainer(

@@ -29,6 +29,9 @@ def resume_checkpoint(training_args) -> str | bool | None:
 
 def train_and_save(trainer, tokenizer, training_args):
     """Train (resuming per [`resume_checkpoint`]), then save the model and, once, the tokenizer with its markers."""
+    from cotx_rl.models import expose_output_bias
+
+    expose_output_bias(trainer.model)
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
