@@ -227,6 +227,20 @@ def test_grpo_names_a_bad_problem_row_before_loading(change, message, problem_ro
     assert not (tmp_path / "grpo").exists()
 
 
+@pytest.mark.parametrize("count", ["0", "1"])
+def test_grpo_names_num_generations_below_two(count, problem_rows, tmp_path, capsys):
+    # TRL's own config check divides by num_generations: 0 used to end in a ZeroDivisionError traceback.
+    data = write_jsonl(tmp_path / "p.jsonl", problem_rows)
+    code, err = run_cli(capsys, *grpo_argv(data, tmp_path / "sft", tmp_path / "grpo"), "--num_generations", count)
+    one_line(
+        code,
+        err,
+        "grpo",
+        f"num_generations must be at least 2 (GRPO compares completions within a group), got {count}.",
+    )
+    assert not (tmp_path / "grpo").exists()
+
+
 def test_grpo_refuses_problems_without_any_gold(problem_rows, tmp_path, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", [{**row, "answer": None} for row in problem_rows])
     code, err = run_cli(capsys, *grpo_argv(data, tmp_path / "sft", tmp_path / "grpo"))
