@@ -91,7 +91,8 @@ def test_a_torn_last_line_is_named_not_dropped(stage, problem_rows, tmp_path, ca
         "eval": ["--test_path", data, "--output_dir", out, "--models", json.dumps({"sft": str(tmp_path / "model")})],
     }[stage]
     code, err = run_cli(capsys, stage, *argv)
-    one_line(code, err, stage, f"'{data}' line 20 is not JSON", "it is the last line and has no line end")
+    last = one_line(code, err, stage, f"'{data}' line 20 is not JSON", "it is the last line and has no line end")
+    assert "(Unterminated string starting at column 28)" in last
     assert not out.exists()
 
 
