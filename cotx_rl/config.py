@@ -14,9 +14,11 @@ override it. On top of TRL's format (`env:` sets environment variables), a recip
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,7 @@ def _unknown_key_message(key: str, declared: set[str], path: Path) -> str:
     return f"Recipe {str(path)!r}: unknown key {key!r}{hint}."
 
 
-def parse_stage_args(parser, argv: list[str] | None = None) -> tuple:
+def parse_stage_args(parser, argv: list[str] | None = None, precheck=None) -> tuple:
     """Parse a stage's recipe and flags into its dataclasses: includes, `${output_root}`, `env:`, then flags."""
     argv = list(argv or [])
     config_path = _pop_flag(argv, "--config")
@@ -186,6 +188,8 @@ def parse_stage_args(parser, argv: list[str] | None = None) -> tuple:
         root = cli_root
     argv = [substitute(item, root, "Command-line flag") for item in argv]
     parser.set_defaults_with_config(**config)
+    if precheck is not None:
+        precheck(parser.parse_known_args(args=argv)[0])
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -199,12 +203,16 @@ def _peek_flag(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def make_parser(*dataclass_types):
-    """TRL's `TrlParser` over a stage's dataclasses, parsing recipes as this module describes."""
+def make_parser(*dataclass_types, precheck: Callable[[argparse.Namespace], None] | None = None):
+    """TRL's `TrlParser` over a stage's dataclasses, parsing recipes as this module describes.
+
+    `precheck`, when given, sees the parsed values before the dataclasses are built: their `__post_init__` runs TRL's
+    own checks, and some of those crash on a value they do not expect instead of naming it.
+    """
     from trl import TrlParser
 
     class StageParser(TrlParser):
         def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True, **_):
-            return parse_stage_args(self, args)
+            return parse_stage_args(self, args, precheck)
 
     return StageParser(dataclass_types)

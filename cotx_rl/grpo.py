@@ -184,13 +184,16 @@ def with_opened_thought(reward_funcs: list, tokenizer, args: GRPOScriptArguments
     return [OpenedThoughtReward(reward, opened, ids) for reward in reward_funcs]
 
 
+def check_num_generations(num_generations: int | None) -> None:
+    if num_generations is None or num_generations < 2:
+        raise StageInputError(
+            f"num_generations must be at least 2 (GRPO compares completions within a group), got {num_generations}."
+        )
+
+
 def check_settings(args: GRPOScriptArguments, training_args, run_args: RunArguments, num_processes: int) -> None:
     """The checks that fail before training: each names the value that is wrong."""
-    if training_args.num_generations is None or training_args.num_generations < 2:
-        raise StageInputError(
-            f"num_generations must be at least 2 (GRPO compares completions within a group), got "
-            f"{training_args.num_generations}."
-        )
+    check_num_generations(training_args.num_generations)
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(args.reward_funcs):
         raise StageInputError(
@@ -249,7 +252,14 @@ def make_parser():
 
     from cotx_rl.config import make_parser
 
-    return make_parser(GRPOScriptArguments, GRPOConfig, ModelConfig, RunArguments)
+    # TRL's `GRPOConfig` divides by num_generations in its own checks: 0 would end in a ZeroDivisionError.
+    return make_parser(
+        GRPOScriptArguments,
+        GRPOConfig,
+        ModelConfig,
+        RunArguments,
+        precheck=lambda values: check_num_generations(values.num_generations),
+    )
 
 
 if __name__ == "__main__":

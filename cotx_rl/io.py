@@ -195,8 +195,9 @@ def _parse_jsonl_line(raw: bytes, number: int, name: str) -> dict | None:
         row = json.loads(line)
     except json.JSONDecodeError as error:
         raise StageInputError(
-            f"{name} line {number} is not JSON ({error.msg} at column {error.colno}){cut_short}; repair or remove "
-            "that line."
+            # removesuffix: json's "Unterminated string starting at" would read "starting at at column".
+            f"{name} line {number} is not JSON ({error.msg.removesuffix(' at')} at column {error.colno}){cut_short}; "
+            "repair or remove that line."
         ) from None
     if not isinstance(row, dict):
         shown = line.strip() if len(line.strip()) <= 40 else line.strip()[:37] + "..."

@@ -17,6 +17,7 @@ from cotx_rl.io import StageInputError, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
+MODEL_FILES = ("config.json", "adapter_config.json")  # a full model's folder, or a LoRA adapter's
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -38,11 +39,22 @@ def is_adapter(path: str | Path) -> bool:
 
 
 def check_model_source(name: str | None, what: str = "model_name_or_path") -> None:
-    """Fail before any work when a local model path does not exist."""
+    """Fail before any work when a local model path does not exist or holds no model."""
     if not name:
         raise StageInputError(f"{what} is required (a model name, a local path, or `embedded`).")
-    if name != EMBEDDED and looks_like_local_path(name) and not Path(name).expanduser().is_dir():
+    if name == EMBEDDED or not looks_like_local_path(name):
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
         raise StageInputError(f"{what} {name!r} does not exist (no such directory).")
+    if not any((folder / file).is_file() for file in MODEL_FILES):
+        # An output folder of a run that has not finished holds checkpoints only: name the latest.
+        steps = [p.name.removeprefix("checkpoint-") for p in folder.glob("checkpoint-*")]
+        steps = sorted(int(step) for step in steps if step.isdigit())
+        hint = f"; its latest checkpoint is {str(folder / f'checkpoint-{steps[-1]}')!r}" if steps else ""
+        raise StageInputError(
+            f"{what} {name!r} holds no model (neither {' nor '.join(MODEL_FILES)}){hint}; point it at a model folder."
+        )
 
 
 def add_budget_markers(tokenizer, model=None) -> list[int]:

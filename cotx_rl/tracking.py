@@ -1,21 +1,25 @@
 """The one W&B setup of every stage that tracks (sft, grpo, eval).
 
 Without `WANDB_API_KEY` a run goes offline and says so once: it writes a run folder that `wandb sync` uploads later.
-With a key but no route to the W&B server (an air-gapped cluster), W&B would retry for minutes and then fail the
-stage; a short probe of the server first sends such a run offline too, with the reason.
+With a key but no route to the W&B server (an air-gapped cluster, or a proxy that answers in its place), W&B would
+retry for minutes and then fail the stage; a short probe of the server's API first sends such a run offline too, with
+the reason. A `WANDB_MODE` set by the user skips the probe.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import ssl
 from pathlib import Path
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_SECONDS = 3.0
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+WANDB_API_STATUSES = frozenset({400, 401, 403})  # besides 2xx: W&B's API refusing a request (here: without a key)
 
 
 def wants_wandb(report_to) -> bool:
@@ -26,14 +30,32 @@ def wants_wandb(report_to) -> bool:
 
 
 def wandb_reachable(base_url: str | None = None, timeout: float = PROBE_TIMEOUT_SECONDS) -> str | None:
-    """None when a TCP connection to the W&B server opens within `timeout`, else why not."""
-    url = urlparse(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST)
+    """None when the W&B server's API answers within `timeout`, else why not.
+
+    A TCP connection is not enough: a proxy, a captive portal or a wrong `WANDB_BASE_URL` accepts it, and W&B then
+    retries for minutes before it fails the stage. So the probe asks W&B's GraphQL endpoint (without the key: no
+    secret leaves for a server not yet known to be W&B's). W&B's API answers 200, or 400/401/403 to a request it will
+    not serve; any other status is something else answering. A TLS failure is left for W&B to judge: it has its own
+    certificate settings.
+    """
+    base = (base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST).rstrip("/")
+    url = urlparse(base)
     host = url.hostname or "api.wandb.ai"
     port = url.port or (443 if url.scheme == "https" else 80)
+    request = Request(f"{base}/graphql", data=b'{"query": "{ __typename }"}',
+                      headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with urlopen(request, timeout=timeout):
             return None
-    except OSError as error:
+    except HTTPError as error:
+        if error.code in WANDB_API_STATUSES:
+            return None
+        return f"{base}/graphql answered HTTP {error.code}, not as W&B's API"
+    except URLError as error:
+        if isinstance(error.reason, ssl.SSLError):
+            return None
+        return f"{host}:{port} is unreachable ({error.reason})"
+    except OSError as error:  # a timeout while reading, a connection reset
         return f"{host}:{port} is unreachable ({error})"
 
 

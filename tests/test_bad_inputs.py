@@ -91,7 +91,8 @@ def test_a_torn_last_line_is_named_not_dropped(stage, problem_rows, tmp_path, ca
         "eval": ["--test_path", data, "--output_dir", out, "--models", json.dumps({"sft": str(tmp_path / "model")})],
     }[stage]
     code, err = run_cli(capsys, stage, *argv)
-    one_line(code, err, stage, f"'{data}' line 20 is not JSON", "it is the last line and has no line end")
+    last = one_line(code, err, stage, f"'{data}' line 20 is not JSON", "it is the last line and has no line end")
+    assert "(Unterminated string starting at column 28)" in last
     assert not out.exists()
 
 
@@ -194,6 +195,26 @@ def test_sft_names_a_bad_example_before_loading_the_model(change, message, tmp_p
     assert not (tmp_path / "sft").exists()
 
 
+@pytest.mark.parametrize("stage", ["generate", "eval", "grpo"])
+def test_a_model_folder_without_a_model_is_named(stage, problem_rows, tmp_path, capsys):
+    # The output folder of an unfinished run: checkpoints, no model. Loading it ended in transformers' traceback.
+    folder = tmp_path / "student"
+    (folder / "checkpoint-5").mkdir(parents=True)
+    (folder / "checkpoint-20").mkdir()
+    data = write_jsonl(tmp_path / "p.jsonl", problem_rows)
+    argv = {
+        "generate": ["generate", "--model", folder, "--input", data, "--output", tmp_path / "a.jsonl",
+                     "--budget_mode", "auto"],
+        "eval": ["eval", "--test_path", data, "--output_dir", tmp_path / "eval", "--models",
+                 json.dumps({"sft": str(folder)})],
+        "grpo": ["grpo", "--sft_model_path", folder, "--problems_path", data, "--output_dir", tmp_path / "grpo",
+                 "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "600", *CPU],
+    }[stage]  # fmt: skip
+    code, err = run_cli(capsys, *argv)
+    one_line(code, err, stage, f"'{folder}' holds no model (neither config.json nor adapter_config.json); its latest "
+             f"checkpoint is '{folder / 'checkpoint-20'}'")  # fmt: skip
+
+
 def test_sft_checks_its_output_folder_before_loading_the_model(tmp_path, capsys):
     data = write_jsonl(tmp_path / "examples.jsonl", sft_examples())
     (tmp_path / "taken").write_text("a file where the output folder should be\n")
@@ -202,7 +223,8 @@ def test_sft_checks_its_output_folder_before_loading_the_model(tmp_path, capsys)
 
 
 def grpo_argv(problems_path: Path, sft_dir: Path, output: Path) -> list:
-    sft_dir.mkdir(exist_ok=True)  # exists, so the checks before it pass; nothing may load from it
+    sft_dir.mkdir(exist_ok=True)  # exists and looks like a model, so the checks before it pass; nothing may load it
+    (sft_dir / "config.json").write_text("{}\n")
     return [
         "grpo", "--sft_model_path", sft_dir, "--problems_path", problems_path, "--output_dir", output,
         "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "600",
@@ -224,6 +246,20 @@ def test_grpo_names_a_bad_problem_row_before_loading(change, message, problem_ro
     data = write_jsonl(tmp_path / "p.jsonl", problem_rows)
     code, err = run_cli(capsys, *grpo_argv(data, tmp_path / "sft", tmp_path / "grpo"))
     one_line(code, err, "grpo", f"GRPO problems '{data}' {message}")
+    assert not (tmp_path / "grpo").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "1"])
+def test_grpo_names_num_generations_below_two(count, problem_rows, tmp_path, capsys):
+    # TRL's own config check divides by num_generations: 0 used to end in a ZeroDivisionError traceback.
+    data = write_jsonl(tmp_path / "p.jsonl", problem_rows)
+    code, err = run_cli(capsys, *grpo_argv(data, tmp_path / "sft", tmp_path / "grpo"), "--num_generations", count)
+    one_line(
+        code,
+        err,
+        "grpo",
+        f"num_generations must be at least 2 (GRPO compares completions within a group), got {count}.",
+    )
     assert not (tmp_path / "grpo").exists()
 
 

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,51 @@ def test_wandb_without_a_route_to_its_server_goes_offline_at_once(tmp_path, monk
     assert f"127.0.0.1:{port} is unreachable" in caplog.text
     monkeypatch.delenv("WANDB_MODE")
     assert configure_wandb("none", tmp_path) is False and "WANDB_MODE" not in os.environ
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server that answers every request with the status in `statuses[0]` and records the paths."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"statuses": [426], "paths": []}
+
+    class Answer(BaseHTTPRequestHandler):
+        def answer(self):
+            state["paths"].append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(state["statuses"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+
+
+def test_wandb_behind_a_server_that_does_not_answer_as_wandb_goes_offline(http_server, tmp_path, monkeypatch, caplog):
+    # A proxy or a wrong WANDB_BASE_URL: a TCP connection opens, and W&B then retried for about 100 s and failed
+    # the stage with a CommError traceback.
+    from cotx_rl.tracking import configure_wandb
+
+    url, state = http_server
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    caplog.set_level("WARNING", logger="cotx_rl")
+    assert configure_wandb("wandb", tmp_path) is True
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert f"{url}/graphql answered HTTP 426, not as W&B's API" in caplog.text
+    # W&B's API answering (here: 401 to a request without the key) keeps the run online.
+    state["statuses"] = [401]
+    monkeypatch.delenv("WANDB_MODE")
+    assert configure_wandb("wandb", tmp_path) is True
+    assert "WANDB_MODE" not in os.environ
+    assert state["paths"] == ["/graphql", "/graphql"]

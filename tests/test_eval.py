@@ -264,6 +264,7 @@ def test_unreadable_golds_are_left_out_and_cut_offs_counted_apart(tmp_path, monk
     }
     monkeypatch.setattr(evaluate, "BudgetedGenerator", ScriptedGenerator)
     (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "config.json").write_text("{}\n")  # a model folder to the checks; the script loads nothing
     args = EvalArguments(test_path=str(tmp_path / "test.jsonl"), output_dir=str(tmp_path / "out"),
                          models={"sft": str(tmp_path / "sft")}, modes=["max"])  # fmt: skip
     report = evaluate.main(args, RunArguments(budget_grid=[8]))
@@ -309,6 +310,7 @@ def test_eval_reads_math500_by_preset(shared_data, tmp_path, monkeypatch):
     }
     monkeypatch.setattr(evaluate, "BudgetedGenerator", ScriptedGenerator)
     (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "config.json").write_text("{}\n")  # a model folder to the checks; the script loads nothing
     args = EvalArguments(test_path=str(shared_data / "math500_test.jsonl"), preset="math", limit=4,
                          output_dir=str(tmp_path / "out"), models={"grpo": str(tmp_path / "grpo")}, modes=["auto"])  # fmt: skip
     report = evaluate.main(args, RunArguments(budget_grid=[256]))
