@@ -42,7 +42,10 @@ def check_model_source(name: str | None, what: str = "model_name_or_path") -> No
     """Fail before any work when a local model path does not exist or holds no model."""
     if not name:
         raise StageInputError(f"{what} is required (a model name, a local path, or `embedded`).")
-    if name == EMBEDDED or not looks_like_local_path(name):
+    if name == EMBEDDED:
+        return
+    if not looks_like_local_path(name):
+        check_hub_name_cached(name, what)
         return
     folder = Path(name).expanduser()
     if not folder.is_dir():
@@ -54,6 +57,20 @@ def check_model_source(name: str | None, what: str = "model_name_or_path") -> No
         hint = f"; its latest checkpoint is {str(folder / f'checkpoint-{steps[-1]}')!r}" if steps else ""
         raise StageInputError(
             f"{what} {name!r} holds no model (neither {' nor '.join(MODEL_FILES)}){hint}; point it at a model folder."
+        )
+
+
+def check_hub_name_cached(name: str, what: str) -> None:
+    """Offline (`HF_HUB_OFFLINE=1`), a Hub name must already be in the local cache: say so in one line rather than
+    let transformers fail with a traceback halfway through loading."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.is_offline_mode():
+        return
+    if not any(isinstance(try_to_load_from_cache(name, file), str) for file in MODEL_FILES):
+        raise StageInputError(
+            f"{what} {name!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is "
+            "set: download it first (`hf download` with network), or point it at a local model folder."
         )
 
 

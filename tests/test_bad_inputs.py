@@ -215,6 +215,23 @@ def test_a_model_folder_without_a_model_is_named(stage, problem_rows, tmp_path, 
              f"checkpoint is '{folder / 'checkpoint-20'}'")  # fmt: skip
 
 
+@pytest.mark.parametrize("stage", ["generate", "eval"])
+def test_an_uncached_hub_name_offline_is_named(stage, problem_rows, tmp_path, capsys, monkeypatch):
+    # Offline, a Hub name that is not in the cache ended in transformers' OSError traceback while loading.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    name = "someone/not-a-cached-model"
+    data = write_jsonl(tmp_path / "p.jsonl", problem_rows)
+    argv = {
+        "generate": ["generate", "--model", name, "--input", data, "--output", tmp_path / "a.jsonl",
+                     "--budget_mode", "auto"],
+        "eval": ["eval", "--test_path", data, "--output_dir", tmp_path / "eval", "--models", json.dumps({"sft": name})],
+    }[stage]  # fmt: skip
+    code, err = run_cli(capsys, *argv)
+    one_line(code, err, stage, f"'{name}' is not in the local Hugging Face cache")
+
+
 def test_sft_checks_its_output_folder_before_loading_the_model(tmp_path, capsys):
     data = write_jsonl(tmp_path / "examples.jsonl", sft_examples())
     (tmp_path / "taken").write_text("a file where the output folder should be\n")
