@@ -194,20 +194,41 @@ def expose_output_bias(model) -> None:
         object.__setattr__(output, "bias", output.token_adapter.get_base_layer().bias)
 
 
+# Written into a merged folder: which adapter files it was merged from (see `merged_model_path`).
+MERGE_SOURCE_FILE = "cotx_merged_from.json"
+
+
+def _adapter_fingerprint(path: str) -> dict:
+    """The adapter folder and the size and modification time of each of its files: they change when SFT saves again."""
+    folder = Path(path).resolve()
+    files = {item.name: [item.stat().st_size, item.stat().st_mtime_ns] for item in folder.iterdir() if item.is_file()}
+    return {"adapter": str(folder), "files": dict(sorted(files.items()))}
+
+
 def merged_model_path(path: str, output_dir: str) -> str:
     """A full model for engines that load no PEFT adapter (vLLM): an adapter folder is merged onto its base (the
-    marker rows it trained included) and saved, once, under `output_dir/merged/<name>`; a full model is returned as
-    it is. The merged model's weight names are the base model's own, with no `lora_` or `token_adapter` in them."""
+    marker rows it trained included) and saved under `output_dir/merged/<name>`; a full model is returned as it is.
+    The merged model's weight names are the base model's own, with no `lora_` or `token_adapter` in them.
+
+    The merge is reused only while that folder holds a merge of these very adapter files: an adapter saved again (SFT
+    run again) or another adapter with the same folder name is merged anew, never answered with a stale model."""
     if not is_adapter(path):
         return path
+    import json
+
     from accelerate import PartialState
 
     merged = Path(output_dir) / "merged" / Path(path).name
+    source = merged / MERGE_SOURCE_FILE
     with PartialState().main_process_first():
-        if not (merged / "config.json").is_file():
+        fingerprint = _adapter_fingerprint(path)
+        current = source.is_file() and json.loads(source.read_text(encoding="utf-8")) == fingerprint
+        if not (current and (merged / "config.json").is_file()):
+            source.unlink(missing_ok=True)  # a merge cut short is never taken for a finished one
             model, tokenizer = load_for_inference(path, "cpu")
             model.save_pretrained(merged)
             tokenizer.save_pretrained(merged)
+            source.write_text(json.dumps(fingerprint), encoding="utf-8")
             logger.info("Merged the LoRA adapter %s onto its base in %s (vLLM loads full models).", path, merged)
     return str(merged)
 

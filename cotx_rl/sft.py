@@ -3,7 +3,7 @@
 Each example is a chat prompt (the question, then the budget directive of its mode, through the student's chat template
 with the assistant turn opened, as generation renders it) and a completion in DESIGN.md's format (`<budget>` first in
 `auto` mode, then the thought, then the answer), kept as it is rather than rewritten by the template
-(see `cotx_rl.chat`); the loss is on the completion only. Before the model loads, a few examples are tokenized as
+(see `cotx_rl.chat`); the loss is on the completion only. Before training, a few examples are tokenized as
 TRL will tokenize them and checked: the thought, its reasoning and (auto) the `<budget>` tag must all be in the trained
 tokens, or the stage stops with one message (exit 2). `chat_template_path` (a .jinja file) replaces the student's
 template for the whole run: it is saved with the student, so GRPO and eval render prompts with it too.
