@@ -57,6 +57,13 @@ TRL_KEYS: list[tuple[str, tuple[str, ...], str]] = [
         "Train LoRA adapters instead of every weight. When `sft` saved an adapter, `grpo` trains that adapter on "
         "and ignores this key.",
     ),
+    (
+        "chat_template_path",
+        ("sft",),
+        "A `.jinja` chat template that replaces the student's for the whole run: applied before the examples are "
+        "rendered and checked, and saved with the student, so `grpo`, `eval` and `generate` use it too "
+        "(the DeepSeek-R1-Distill recipe sets it: the Hub's current template opens `<think>` itself).",
+    ),
     ("lora_r", ("sft",), "LoRA rank."),
     ("lora_alpha", ("sft",), "LoRA scale numerator (the update is scaled by lora_alpha / lora_r)."),
     ("lora_dropout", ("sft",), "Dropout on the LoRA branch."),

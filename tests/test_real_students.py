@@ -238,6 +238,29 @@ def test_a_template_that_opens_the_thought_trains_inside_it(real_students, real_
     assert "\n</think>\nThe answer is \\boxed{" in completion
 
 
+def test_r1_recipe_trains_auto_on_a_student_with_the_hubs_current_template(real_students, real_data, tmp_path):
+    """The Hub's DeepSeek-R1-Distill template (since 2025-02-09) opens `<think>` in its generation prompt, which leaves
+    auto mode no room for `<budget>`: the recipe trains with its own (January 2025) template instead, and saves it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    student = tmp_path / "r1-current-template"
+    shutil.copytree(real_students["r1-distill"], student)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    hub_ending = "{{'<｜Assistant｜><think>\\n'}}{% endif %}"
+    tokenizer.chat_template = tokenizer.chat_template.replace("{{'<｜Assistant｜>'}}{% endif %}", hub_ending)
+    tokenizer.save_pretrained(student)
+    assert opened_thought(AutoTokenizer.from_pretrained(student)) == "<think>\n"  # the Hub's behaviour, reproduced
+    recipe = RECIPES / "deepseek-r1-distill-qwen-1.5b" / "sft.yaml"
+    trainer = run_stage(sft, recipe, *sft_flags(real_data, student, tmp_path / "sft"))
+    assert trainer.state.global_step == 2
+    saved = AutoTokenizer.from_pretrained(tmp_path / "sft")
+    assert opened_thought(saved) == ""  # the recipe's template travels with the student to GRPO and eval
+    trained = [trainer.processing_class.decode(example["input_ids"]) for example in trainer.train_dataset]
+    assert any(f"{BUDGET_START}24{BUDGET_END}\n<think>" in text for text in trained)
+
+
 def test_grpo_rewards_count_the_thought_the_prompt_opened(real_students):
     from transformers import AutoTokenizer
 
