@@ -218,7 +218,8 @@ def merged_model_path(path: str, output_dir: str) -> str:
 
     from accelerate import PartialState
 
-    merged = Path(output_dir) / "merged" / Path(path).name
+    # Absolute: the GRPO adapter records this folder as its base, and eval may run from another directory.
+    merged = (Path(output_dir) / "merged" / Path(path).name).resolve()
     source = merged / MERGE_SOURCE_FILE
     with PartialState().main_process_first():
         fingerprint = _adapter_fingerprint(path)

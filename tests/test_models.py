@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from cotx_rl.models import merged_model_path
@@ -25,7 +27,7 @@ def q_proj(folder: str) -> torch.Tensor:
     return AutoModelForCausalLM.from_pretrained(folder).model.layers[0].self_attn.q_proj.weight.detach().clone()
 
 
-def test_merged_model_follows_its_adapter(tiny_tokenizer, tmp_path):
+def test_merged_model_follows_its_adapter(tiny_tokenizer, tmp_path, monkeypatch):
     """The merged folder is reused only while it holds a merge of this very adapter: an adapter saved again (SFT run
     again) or another adapter of the same folder name is merged anew, never answered with a stale model."""
     base = tmp_path / "base"
@@ -37,7 +39,10 @@ def test_merged_model_follows_its_adapter(tiny_tokenizer, tmp_path):
         tiny_tokenizer.save_pretrained(folder)
     work = tmp_path / "eval"
 
-    merged = merged_model_path(str(first), str(work))
+    with monkeypatch.context() as patch:  # a relative output_dir still gives an absolute base for the GRPO adapter
+        patch.chdir(tmp_path)
+        merged = merged_model_path(str(first), "eval")
+    assert Path(merged).is_absolute() and Path(merged).parent == work / "merged"
     first_weights = q_proj(merged)
     assert not torch.equal(first_weights, q_proj(str(base)))  # the adapter took part
     assert torch.equal(q_proj(merged_model_path(str(first), str(work))), first_weights)  # reused as it is
