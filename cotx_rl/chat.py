@@ -63,26 +63,38 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 
 def sft_example(tokenizer: Any, row: dict, budgeted: bool = True) -> dict:
-    """A row as TRL's (text) prompt-completion pair: the prompt as generation renders it, the completion as it is.
+    """One row as [`sft_examples`] makes it."""
+    return sft_examples(tokenizer, [row], budgeted)[0]
+
+
+def sft_examples(tokenizer: Any, rows: list[dict], budgeted: bool = True) -> list[dict]:
+    """Rows as TRL's (text) prompt-completion pairs: the prompt as generation renders it, the completion as it is.
 
     TRL tokenizes text with the tokenizer's special tokens; a tokenizer that adds the BOS itself would then repeat the
     template's, so the template's is left out of the text. Raises [`TemplateError`] for a completion the template's
     generation prompt cannot lead into (an `auto` completion after a prompt that already opened the thought).
     """
-    user = prompt_messages(row["question"], row.get("budget_mode") if budgeted else None,
-                           row.get("budget_tokens") if budgeted else None)[0]["content"]  # fmt: skip
-    prompt = render_prompts(tokenizer, [user])[0]
-    if _adds_bos(tokenizer) and tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
-        prompt = prompt[len(tokenizer.bos_token) :]
-    completion = completion_text(row, budgeted)
+    # What the template does is the same for every row: found once, not once per example.
     opened = opened_thought(tokenizer)
-    if opened:
-        if not completion.startswith(opened):
-            raise TemplateError(
-                f"The chat template opens the thought in its generation prompt ({opened!r}), so a completion must "
-                f"start inside it, and this one starts with {completion[:24]!r} (the `<budget>` tag of auto mode "
-                "comes before `<think>`). Train with a template whose generation prompt does not open the thought "
-                "(set chat_template_path to a .jinja file), or leave auto mode out of the examples."
-            )
-        completion = completion[len(opened) :]
-    return {"prompt": prompt, "completion": completion}
+    repeated_bos = tokenizer.bos_token if _adds_bos(tokenizer) and tokenizer.bos_token else None
+    users = [
+        prompt_messages(row["question"], row.get("budget_mode") if budgeted else None,
+                        row.get("budget_tokens") if budgeted else None)[0]["content"]
+        for row in rows
+    ]  # fmt: skip
+    examples = []
+    for row, prompt in zip(rows, render_prompts(tokenizer, users)):
+        if repeated_bos and prompt.startswith(repeated_bos):
+            prompt = prompt[len(repeated_bos) :]
+        completion = completion_text(row, budgeted)
+        if opened:
+            if not completion.startswith(opened):
+                raise TemplateError(
+                    f"The chat template opens the thought in its generation prompt ({opened!r}), so a completion "
+                    f"must start inside it, and this one starts with {completion[:24]!r} (the `<budget>` tag of auto "
+                    "mode comes before `<think>`). Train with a template whose generation prompt does not open the "
+                    "thought (set chat_template_path to a .jinja file), or leave auto mode out of the examples."
+                )
+            completion = completion[len(opened) :]
+        examples.append({"prompt": prompt, "completion": completion})
+    return examples

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cotx_rl.budget import BUDGET_END, BUDGET_MODES, BUDGET_START, render_thinking
-from cotx_rl.chat import TemplateError, opened_thought, sft_example
+from cotx_rl.chat import TemplateError, opened_thought, sft_examples
 from cotx_rl.io import Rows, StageInputError, check_rows, check_writable_output, read_rows, refuse_rows
 from cotx_rl.models import EmbeddedStudentArguments, load_student, lora_config
 from cotx_rl.tracking import configure_wandb
@@ -67,11 +67,11 @@ def check_examples(rows: Rows, budgeted: bool) -> None:
 
 
 def build_dataset(rows: list[dict], tokenizer, budgeted: bool):
-    """The text prompt-completion pairs (see `cotx_rl.chat.sft_example`) of rows that passed [`check_examples`]."""
+    """The text prompt-completion pairs (see `cotx_rl.chat.sft_examples`) of rows that passed [`check_examples`]."""
     from datasets import Dataset
 
     try:
-        return Dataset.from_list([sft_example(tokenizer, row, budgeted) for row in rows])
+        return Dataset.from_list(sft_examples(tokenizer, rows, budgeted))
     except TemplateError as error:
         raise StageInputError(str(error)) from error
 
