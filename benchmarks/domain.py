@@ -27,10 +27,11 @@ from cotx_rl.io import read_rows, write_rows
 
 
 def accuracy_by_level(student: Student, rows: list[dict], mode, budget) -> dict:
-    outcomes = student.outcomes(rows, mode, budget, desc=f"{mode} {budget}")
+    """Accuracy in percent per difficulty level, over the problems whose gold can be read."""
     levels = defaultdict(list)
-    for row, outcome in zip(rows, outcomes):
-        levels[row["difficulty"]].append(outcome.correct)
+    for record in student.run(rows, mode, budget):
+        if record["correct"] is not None:
+            levels[record["difficulty"]].append(record["correct"])
     return {level: 100 * sum(v) / len(v) for level, v in sorted(levels.items())}
 
 
@@ -64,10 +65,11 @@ def main() -> None:
     )
 
     run_settings = RunArguments(budget_grid=grid)
-    budget_student = Student(str(run_dir / "sft"), settings, run_settings)
+    budget_student = Student("sft", str(run_dir / "sft"), settings, run_settings)
     with_reasoning = accuracy_by_level(budget_student, rows, "max", max(grid))
     answer_only_path, answer_only_seconds = train_answer_only(run_dir, args.answer_only_epochs)
-    without = accuracy_by_level(Student(str(answer_only_path), settings, run_settings), rows, None, None)
+    answer_only = Student("answer_only", str(answer_only_path), settings, run_settings)
+    without = accuracy_by_level(answer_only, rows, None, None)
     timings = json.loads((run_dir / "timings.json").read_text())
 
     print(

@@ -147,6 +147,26 @@ def test_completions_are_logged_as_a_wandb_table(evaluated):
     assert [dict(zip(tables[0].columns, values)) for values in tables[0].data] == rows
 
 
+def test_domain_benchmark_scores_each_level_from_the_students_completions(students):
+    """`benchmarks/domain.py` (the README's reasoning-length check) runs on eval's `Student`, as eval does."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("domain", Path(__file__).parents[1] / "benchmarks" / "domain.py")
+    domain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(domain)
+    folder, paths = students
+    rows = read_rows(folder / "test.jsonl")
+    settings = EvalArguments(test_path="-", output_dir=str(folder), models={"sft": "-"}, max_new_tokens=24)
+    student = evaluate.Student("sft", paths["sft"], settings, RunArguments(budget_grid=[8, 16]))
+    scores = domain.accuracy_by_level(student, rows, "max", 16)
+    assert list(scores) == sorted({row["difficulty"] for row in rows})
+    assert len(student.records) == len(rows) and {r["mode"] for r in student.records} == {"max"}
+    for level, score in scores.items():
+        correct = [r["correct"] for r in student.records if r["difficulty"] == level]
+        assert score == pytest.approx(100 * sum(correct) / len(correct))
+
+
 def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
     _, paths = students
     from transformers import AutoModelForCausalLM
