@@ -324,7 +324,12 @@ def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
     models, records = run_evaluations(args, run_args, rows)
     # The correctness reward scores None where a gold cannot be read.
     num_unscored = len({record["id"] for record in records if record["correct"] is None})
-    report = {"models": models, "budget_grid": grid, "num_problems": len(rows), "num_unscored": num_unscored}
+    # One run is one model in one mode at one budget; every run answers every problem.
+    num_runs = len({(r["model"], r["mode"], r["budget_tokens"]) for r in records})
+    report = {
+        "models": models, "budget_grid": grid, "num_problems": len(rows), "num_unscored": num_unscored,
+        "num_runs": num_runs, "num_completions": len(records),
+    }  # fmt: skip
     write_rows(output_dir / "completions.jsonl", records, "Completions file")
     write_json(output_dir / "report.json", report, "Report file")
     table = markdown_table(report["models"], grid, num_unscored)
@@ -335,8 +340,9 @@ def main(args: EvalArguments, run_args: RunArguments | None = None) -> dict:
     if args.report_to == "wandb":
         log_to_wandb(args, report, table, plots, records)
     logger.info(
-        "Evaluation report (%d problems, %d completions) in %s\n%s", len(rows), len(records), output_dir, table
-    )
+        "Evaluation report in %s: %d completions = %d problems x %d runs (model, mode, budget)\n%s",
+        output_dir, len(records), len(rows), num_runs, table,
+    )  # fmt: skip
     return report
 
 

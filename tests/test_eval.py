@@ -117,6 +117,7 @@ def test_completions_jsonl_holds_every_completion(evaluated, students):
     runs = Counter((row["model"], row["mode"], row["budget_tokens"]) for row in rows)
     assert set(runs) == EXPECTED_RUNS and set(runs.values()) == {len(problems)}
     assert len(rows) == len(problems) * len(EXPECTED_RUNS) == 12 * 15
+    assert (report["num_completions"], report["num_runs"]) == (len(rows), len(EXPECTED_RUNS))
     assert all(list(row) == list(COMPLETION_COLUMNS) for row in rows)
     gold = {p["id"]: p["answer"] for p in problems}
     assert all(row["gold"] == gold[row["id"]] and row["question"] for row in rows)
