@@ -1,13 +1,15 @@
 """Generation with a budget: the hard stop (transformers and vLLM), `cotx-rl generate` and its Python API."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from cotx_rl import cli
 from cotx_rl import generate as generate_stage
-from cotx_rl.budget import count_thinking_tokens, render_completion
+from cotx_rl.budget import count_thinking_tokens, parse_completion, render_completion
 from cotx_rl.chat import template_opens_thought
 from cotx_rl.config import RunArguments
 from cotx_rl.generate import BudgetedGenerator, GenerateArguments, read_questions
@@ -390,3 +392,70 @@ def test_unwritable_output_fails_before_the_model_loads(saved_student, tmp_path,
                              output=str(tmp_path / "taken" / "a.jsonl"), budget_mode="max", budget_tokens=8)  # fmt: skip
     with pytest.raises(StageInputError, match="taken' is a file where a folder should be"):
         generate_stage.main(args)
+
+
+# --- the README's client-side budget, against a real OpenAI-compatible server ------------------------------------------
+
+
+def readme_client_code() -> str:
+    """The README's client-side budget example (`### Behind a server`), as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (code,) = [block for block in blocks if "def budgeted(" in block]
+    return code
+
+
+@pytest.fixture
+def one_word_student(tmp_path) -> str:
+    """A student that writes `so` whatever it is asked: a tiny Phi (its output layer has a bias) with the embedded
+    tokenizer, the output weights zeroed and the bias on `▁so`. It never closes a thought nor declares a budget, and
+    `so so so` tokenizes back to one token per word, so counts on the server's text are exact."""
+    from transformers import GenerationConfig, PhiConfig, PhiForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = PhiConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    model = PhiForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[tokenizer.convert_tokens_to_ids("▁so")] = 10.0
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    folder = tmp_path / "student"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_readme_client_holds_the_budget_behind_transformers_serve(one_word_student, tmp_path):
+    """The README's client runs as written (server address, model name and tokenizer folder replaced) against
+    `transformers serve`, with a student that never closes its thought: the client closes it at the limit of each
+    mode, to the token, and asks for the answer after it."""
+    from servers import transformers_serve
+
+    student = one_word_student
+    code = readme_client_code()
+    replacements = {
+        'BASE_URL = "http://localhost:8000/v1"': "BASE_URL = {url!r}",
+        'MODEL = "student"': "MODEL = {student!r}",
+        'AutoTokenizer.from_pretrained("outputs/tiny/grpo")': "AutoTokenizer.from_pretrained({student!r})",
+    }
+    for line in replacements:
+        assert code.count(line) == 1, f"the README's client no longer has {line!r}"
+    tokenizer = build_tiny_tokenizer()
+    with transformers_serve(Path(student), tmp_path / "server.log") as url:
+        for line, replacement in replacements.items():
+            code = code.replace(line, replacement.format(url=url, student=student))
+        namespace: dict = {"__name__": "readme_client"}
+        exec(compile(code, "README.md", "exec"), namespace)  # runs its own example call too
+        budgeted = namespace["budgeted"]
+        # max: N; exact: N + 10% rounded up; auto without a declaration: the largest budget + 10%.
+        for mode, budget, limit in (("max", 16, 16), ("exact", 16, 18), ("auto", None, 96 + 10)):
+            completion, closed_by_client = budgeted("Compute 7 * 4 - 1.", mode, budget)
+            assert closed_by_client and count_thinking_tokens(completion, tokenizer) == limit, (mode, completion)
+            thought_and_answer = completion[completion.index("<think>") :]
+            parsed = parse_completion(thought_and_answer)
+            assert parsed.well_formed and parsed.answer_text.split() == ["so"] * 16, completion  # answer_tokens

@@ -1,10 +1,10 @@
 """Teacher backends: building them from the recipe, failing fast on bad settings, and what each one returns."""
 
-import socket
 import sys
 import time
 
 import pytest
+from servers import free_port
 
 from cotx_rl.io import StageInputError
 from cotx_rl.teachers import TeacherArguments, build_teacher
@@ -16,12 +16,6 @@ ANSWERS = ["15", "21", "15"]
 
 def rows_of(questions):
     return [{"id": f"p{i}", "question": q} for i, q in enumerate(questions)]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- building and checking --------------------------------------------------------------------------------------------
@@ -295,7 +289,7 @@ def test_openai_bounds_concurrency(chat_server):
 
 
 def test_openai_unreachable_endpoint_fails_check():
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     teacher = build_teacher(TeacherArguments(teacher="openai", teacher_model="tiny", base_url=url))
     started = time.monotonic()
     with pytest.raises(StageInputError, match="unreachable") as info:

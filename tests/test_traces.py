@@ -2,15 +2,14 @@
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from servers import free_port, transformers_serve
 
 from cotx_rl.arithmetic import make_problems
 from cotx_rl.io import StageInputError, write_rows
@@ -218,12 +217,6 @@ def existing_output(tmp_path) -> Path:
     return path
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "case",
     ["missing file", "empty file", "missing column", "duplicate ids", "model path", "endpoint", "output suffix"],
@@ -248,7 +241,7 @@ def test_bad_input_fails_before_any_work(case, tmp_path, existing_output):
         teacher = {"teacher": "transformers", "teacher_model": str(tmp_path / "no-such-model")}
         expected = "no-such-model"
     elif case == "endpoint":
-        url = f"http://127.0.0.1:{closed_port()}/v1"
+        url = f"http://127.0.0.1:{free_port()}/v1"
         teacher = {"teacher": "openai", "teacher_model": "tiny", "base_url": url}
         expected = f"{url}/models"
     elif case == "output suffix":
@@ -350,17 +343,11 @@ def test_killed_run_resumes_without_loss_or_duplicates(problems_path, tmp_path, 
 
 # --- a real OpenAI-compatible server: `transformers serve` ------------------------------------------------------------
 
-SERVER_START_SECONDS = 120  # importing transformers and loading the model on a loaded 2-core machine
-
 
 @pytest.fixture
 def transformers_server(tmp_path, shared_data):
-    """`transformers serve` on 127.0.0.1 (a free port), pinned to a tiny random Qwen2 saved with the real
-    DeepSeek-R1-Distill-Qwen tokenizer and chat template; offline, so it can only load that folder. Yields
-    `(base_url, model_dir)`; the server is always stopped after the test."""
-    import urllib.error
-    import urllib.request
-
+    """`transformers serve` pinned to a tiny random Qwen2 saved with the real DeepSeek-R1-Distill-Qwen tokenizer and
+    chat template. Yields `(base_url, model_dir)`."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     source = shared_data / "real" / "tokenizers" / "deepseek-r1-distill-qwen"
@@ -370,42 +357,8 @@ def transformers_server(tmp_path, shared_data):
     model_dir = tmp_path / "teacher"
     Qwen2ForCausalLM(Qwen2Config(**config)).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(source).save_pretrained(model_dir)
-    port = closed_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    log_path = tmp_path / "server.log"
-    # The `transformers` command of this environment (its serve extra: `pip install -e .[dev]`).
-    executable = Path(sys.executable).with_name("transformers")
-    executable = str(executable) if executable.exists() else shutil.which("transformers")
-    assert executable, "the `transformers` command is not installed"
-    command = [executable, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-               "--dtype", "float32"]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"transformers serve did not answer /health within {SERVER_START_SECONDS} s:\n"
-                    f"{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}/v1", model_dir
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with transformers_serve(model_dir, tmp_path / "server.log") as url:
+        yield url, model_dir
 
 
 def test_traces_from_transformers_serve(transformers_server, tmp_path):
