@@ -21,7 +21,7 @@ from cotx_rl import eval as evaluate
 from cotx_rl import grpo, sft
 from cotx_rl.budget import BUDGET_END, BUDGET_START, render_thinking
 from cotx_rl.chat import opened_thought
-from cotx_rl.io import StageInputError, write_rows
+from cotx_rl.io import StageInputError, read_rows, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -159,7 +159,7 @@ def test_lora_trains_the_marker_rows_of_input_and_output_layers(pipelines, real_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("folder", "student"), RUNS, ids=lambda value: value)
-def test_full_sft_grpo_and_eval_recipes_run(pipelines, real_students, real_data, folder, student):
+def test_full_sft_grpo_and_eval_recipes_run(pipelines, real_students, real_data, shared_data, folder, student):
     pipeline = pipelines[folder, student]
     root = pipeline.root
     # The full-CoT recipe, as a full fine-tune: its own keys but use_peft.
@@ -185,6 +185,20 @@ def test_full_sft_grpo_and_eval_recipes_run(pipelines, real_students, real_data,
               "--answer_tokens", "8", "--report_to", "none", "--output_root", str(root))  # fmt: skip
     report = json.loads((root / "eval" / "report.json").read_text())
     assert {"full_cot", "sft", "grpo", "truncation"} <= set(report["models"])
+    # The real problem sets by the recipes' presets, from the shared files instead of the Hub.
+    problems = shared_data / "real" / "problems"
+    for recipe, path in (
+        ("eval_math500", problems / "math500_test.jsonl"),
+        ("eval_aime", problems / "aime24_dynasor.jsonl"),
+    ):
+        golds = [json.loads(line)["answer"] for line in path.read_text().splitlines()[:2]]
+        run_stage(evaluate, pipeline.recipe(recipe), "--test_path", str(path), "--limit", "2", "--output_dir",
+                  str(root / recipe), "--models", json.dumps({"grpo": str(root / "grpo")}), "--engine", "transformers",
+                  "--device", "cpu", "--dtype", "float32", "--max_new_tokens", "12", "--batch_size", "2",
+                  "--budget_grid", "16", "32", "--answer_tokens", "8", "--report_to", "none", "--output_root", str(root))  # fmt: skip
+        rows = read_rows(root / recipe / "completions.jsonl")
+        # exact and max at both budgets, and auto: five runs of the two problems, their golds read by the preset.
+        assert len(rows) == 2 * 5 and [str(row["gold"]) for row in rows[:2]] == [str(gold) for gold in golds]
 
 
 def test_grpo_with_vllm_starts_from_the_merged_sft_student(pipelines, real_data, monkeypatch, tmp_path):
