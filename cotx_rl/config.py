@@ -59,6 +59,32 @@ class RunArguments:
             raise StageInputError(f"answer_tokens must be a positive integer, got {self.answer_tokens!r}.")
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last value silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first_line = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in first_line
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (first on line {first_line[key]})",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str | os.PathLike, what: str = "Recipe") -> dict:
     """A YAML mapping from `path`, or a `StageInputError` naming the file (and the line of a syntax error)."""
     import yaml
@@ -69,7 +95,7 @@ def read_yaml(path: str | os.PathLike, what: str = "Recipe") -> dict:
             f"{what} {str(path)!r} does not exist." if not path.exists() else f"{what} {str(path)!r} is not a file."
         )
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # a SafeLoader
     except UnicodeDecodeError as error:
         raise StageInputError(f"{what} {str(path)!r} is not UTF-8 text: {error}") from error
     except yaml.YAMLError as error:

@@ -68,6 +68,14 @@ def test_the_recipe_wins_over_its_include(run_folder):
         ("traces_path: a\noutput_path: [b\n", "line 3, column 1 is not valid YAML"),
         ("- a\n- b\n", "must hold a mapping"),
         (
+            "traces_path: a\noutput_path: b.jsonl\ntraces_path: c\n",
+            "line 3, column 1 is not valid YAML: key 'traces_path' is given twice \\(first on line 1\\)",
+        ),
+        (
+            "traces_path: a\noutput_path: b.jsonl\nmode_proportions: {exact: 1, exact: 2}\n",
+            "key 'exact' is given twice",
+        ),
+        (
             "include: nowhere.yaml\ntraces_path: a\noutput_path: b.jsonl\n",
             "includes 'nowhere.yaml', which does not exist",
         ),
