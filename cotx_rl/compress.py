@@ -32,7 +32,10 @@ counted by compressor and reason, never kept.
 
 **Rewrite.** Slots that no compressor before `rewrite` met are rewritten last, `rewrite_batch_size` requests per call
 of the teacher's batch interface. Each finished batch is appended to `<output stem>.rewrites.jsonl`; a rerun (after a
-kill, say) takes what is there and asks only for the rest. Delete that file to rewrite again.
+kill, say) takes what is there and asks only for the rest. Delete that file to rewrite again. A request that fails
+(the openai backend: a server error or timeout after its retries, a refused request) is asked again in the slot's next
+attempt; a slot left with no answer at all is counted as `rewrite:request_failed`, falls back to the compressors
+listed after `rewrite`, and is asked for again by a rerun. A rejected key (401/403) stops the stage.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ from cotx_rl.trace_rows import TraceColumnArguments, load_traces, trace_key
 
 logger = logging.getLogger(__name__)
 EXACT_ABOVE_TRACE = ("max", "skip")
+# The failure of a rewrite slot whose every request failed (server errors, timeouts): a rerun asks for it again.
+REQUEST_FAILED = "rewrite:request_failed"
 
 
 @dataclass
@@ -427,7 +432,12 @@ def run_rewrites(
     repair_jsonl_tail(sidecar)
     done = {}
     if sidecar.exists() and sidecar.stat().st_size:
-        done = {record["key"]: record for record in read_rows(sidecar, "Rewrite results file")}
+        # A slot whose requests all failed is asked for again; the later record of a key is the one that counts.
+        done = {
+            record["key"]: record
+            for record in read_rows(sidecar, "Rewrite results file")
+            if REQUEST_FAILED not in record["failures"]
+        }
     examples: dict[int, list[tuple[int, dict]]] = defaultdict(list)
     todo = []
     for slot in pending:
@@ -443,14 +453,15 @@ def run_rewrites(
         sidecar,
         len(todo),
     )
+    unanswered = 0
     with tqdm(total=len(todo), desc="rewrite", unit="slot") as progress:
         for start in range(0, len(todo), args.rewrite_batch_size):
             batch = todo[start : start + args.rewrite_batch_size]
             texts = rewrite.compress_batch([(s.row, s.row["reasoning"], s.window.high, s.window.low) for s in batch])
             records = []
-            for slot, text in zip(batch, texts):
+            for slot, text, request_failed in zip(batch, texts, rewrite.request_failed):
                 record = {"key": slot.key(teacher), "example": None, "failures": []}
-                reason = worker.failure(slot.row, text, slot.window, rewrite)
+                reason = "request_failed" if request_failed else worker.failure(slot.row, text, slot.window, rewrite)
                 found = None
                 if reason is None:
                     found = (text, worker.tokens(text), "rewrite")
@@ -467,8 +478,15 @@ def run_rewrites(
                     record["example"] = make_example(base, slot.mode, slot.budget, found)
                 records.append(record)
                 _settle(slot, record, examples, failures, report)
+                unanswered += request_failed
             append_rows(sidecar, records)
             progress.update(len(batch))
+    if unanswered:
+        logger.warning(
+            "rewrite: %d slot(s) got no answer from the teacher after %d attempts (%s in the stats); they fell back "
+            "to the compressors after rewrite, and a rerun asks for them again.",
+            unanswered, args.rewrite_max_attempts, REQUEST_FAILED,
+        )  # fmt: skip
     return examples
 
 

@@ -1,6 +1,7 @@
 import json
 import math
 import statistics
+from collections import Counter
 
 import pytest
 
@@ -233,6 +234,56 @@ def test_rewrite_resumes_after_a_kill(tmp_path, monkeypatch, traces, compressed)
     idle = CountingTeacher()
     compress_with(monkeypatch, idle, tmp_path, rewrite_batch_size=16)
     assert idle.batches == []
+
+
+class FailingRequestsTeacher(CountingTeacher):
+    """Every rewrite request of the problems in `failing_ids` fails (None, as the openai backend gives for a server
+    error after its retries); the others are answered."""
+
+    def __init__(self, failing_ids):
+        super().__init__()
+        self.failing_ids = set(failing_ids)
+
+    def rewrite_batch(self, requests, count_tokens=None):
+        answers = super().rewrite_batch(requests, count_tokens)
+        return [None if r.row["id"] in self.failing_ids else text for r, text in zip(requests, answers)]
+
+
+def test_failed_rewrite_requests_are_counted_and_asked_again_by_a_rerun(tmp_path, monkeypatch, traces, compressed):
+    write_rows(tmp_path / "kept.jsonl", traces)
+    rewritten_ids = sorted({e["id"] for e in compressed[0] if e["compressor"] == "rewrite"})
+    failing = rewritten_ids[:3]
+    teacher = FailingRequestsTeacher(failing)
+    stats = compress_with(monkeypatch, teacher, tmp_path, rewrite_batch_size=16)  # the stage goes on
+    failed_slots = {key for key, record in sidecar_slots(tmp_path).items() if key[0] in failing}
+    assert failed_slots and all(
+        "rewrite:request_failed" in sidecar_slots(tmp_path)[key]["failures"] for key in failed_slots
+    )
+    assert stats["dropped"]["rewrite:request_failed"] == len(failed_slots)
+    asks = Counter(request for batch in teacher.batches for request in batch)
+    assert all(asks[key[0], key[1]] == 3 for key in failed_slots)  # every attempt asked again (rewrite_max_attempts)
+    assert not any(e["id"] in failing and e["compressor"] == "rewrite" for e in read_rows(tmp_path / "examples.jsonl"))
+    # A rerun asks only for the slots that got no answer, and ends as a run without failures.
+    rerun = CountingTeacher()
+    stats = compress_with(monkeypatch, rerun, tmp_path, rewrite_batch_size=16)
+    assert {request[0] for batch in rerun.batches for request in batch} == set(failing)
+    assert read_rows(tmp_path / "examples.jsonl") == compressed[0] and stats == compressed[1]
+
+
+def test_openai_teacher_gives_none_for_a_failed_rewrite_request_and_stops_on_a_rejected_key(chat_server):
+    from cotx_rl.teachers import TeacherArguments, build_teacher
+    from cotx_rl.teachers.openai_compat import TeacherRequestError
+
+    teacher = build_teacher(
+        TeacherArguments(teacher="openai", teacher_model="tiny", base_url=chat_server.url, max_retries=0)
+    )
+    chat_server.statuses = [400]
+    assert teacher.complete(["Compute 2 + 3."]) == [None]
+    assert teacher.complete(["Compute 2 + 3."])[0].endswith("\\boxed{5}")
+    chat_server.statuses = [401]
+    with pytest.raises(TeacherRequestError, match="401"):
+        teacher.complete(["Compute 2 + 3."])
+    teacher.close()
 
 
 def test_rewrite_never_asks_for_slots_that_cannot_pass(tmp_path, monkeypatch, traces, tiny_tokenizer):

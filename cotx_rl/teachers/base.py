@@ -104,11 +104,12 @@ class Teacher(ABC):
 
     def rewrite_batch(
         self, requests: list[RewriteRequest], count_tokens: Callable[[str], int] | None = None
-    ) -> list[str]:
+    ) -> list[str | None]:
         """Every request rewritten, in one call to the backend's batch interface ([`Teacher.complete`]).
 
         The openai backend sends the prompts concurrently, transformers and vLLM generate them together. The text
-        after the teacher's own thought is the rewrite (a model that does not think gives its whole reply).
+        after the teacher's own thought is the rewrite (a model that does not think gives its whole reply); None where
+        the request failed.
         """
         prompts = [
             REWRITE_INSTRUCTION.format(
@@ -119,10 +120,13 @@ class Teacher(ABC):
         outputs = self.complete(prompts) if prompts else []
         if len(outputs) != len(prompts):
             raise RuntimeError(f"The {self.name} teacher returned {len(outputs)} rewrites for {len(prompts)} prompts.")
-        return [split_thinking(output)[1] or split_thinking(output)[0] for output in outputs]
+        return [
+            None if output is None else split_thinking(output)[1] or split_thinking(output)[0] for output in outputs
+        ]
 
-    def complete(self, prompts: list[str]) -> list[str]:
-        """Raw completions for free-form user prompts (used by `rewrite`); model backends implement it."""
+    def complete(self, prompts: list[str]) -> list[str | None]:
+        """Raw completions for free-form user prompts (used by `rewrite`); model backends implement it. A backend
+        whose requests can fail one by one (openai) logs the failure and gives None for that prompt."""
         raise NotImplementedError(f"The {self.name} teacher cannot rewrite traces.")
 
     def close(self) -> None:  # noqa: B027 (optional hook, nothing to release by default)

@@ -237,13 +237,20 @@ class OpenAITeacher(Teacher):
     def generate(self, rows: list[dict]) -> list[TeacherOutput]:
         return self._map(self._trace, rows)
 
-    def complete(self, prompts: list[str]) -> list[str]:
-        replies = self._map(self._chat, [self._messages(prompt, None) for prompt in prompts])
+    def _completion(self, prompt: str) -> str | None:
+        """The reply to one free-form prompt, or None when its request failed (a rejected key stops the run)."""
+        try:
+            reasoning, content, _ = self._chat(self._messages(prompt, None))
+        except TeacherRequestError as error:
+            if error.status in RUN_STOPPING_STATUSES:
+                raise
+            logger.warning("A rewrite request failed; a rerun asks again: %s", error)
+            return None
         # Put separately returned thinking back in front, so callers split every backend's text the same way.
-        return [
-            content if reasoning is None else f"{render_thinking(reasoning.strip())}\n{content}"
-            for reasoning, content, _ in replies
-        ]
+        return content if reasoning is None else f"{render_thinking(reasoning.strip())}\n{content}"
+
+    def complete(self, prompts: list[str]) -> list[str | None]:
+        return self._map(self._completion, prompts)
 
     def close(self) -> None:
         self.client.close()
