@@ -166,6 +166,11 @@ def test_full_sft_grpo_and_eval_recipes_run(pipelines, real_students, real_data,
     full = run_stage(sft, pipeline.recipe("full_cot"),
                      *sft_flags(real_data, real_students[student], root / "full_cot", "--use_peft", "false"))  # fmt: skip
     assert full.state.global_step == 2 and (root / "full_cot" / "model.safetensors").is_file()
+    # And as it ships: a LoRA adapter.
+    shipped = run_stage(
+        sft, pipeline.recipe("full_cot"), *sft_flags(real_data, real_students[student], root / "full_lora")
+    )
+    assert shipped.state.global_step == 2 and (root / "full_lora" / "adapter_model.safetensors").is_file()
     # GRPO continues the LoRA student; vLLM needs a GPU, so transformers generates here.
     sizes = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
              "--num_generations", "2", "--max_completion_length", "40", "--budget_grid", "16", "32",
