@@ -67,6 +67,8 @@ def _unique_key_loader():
         def construct_mapping(self, node, deep=False):
             first_line = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 try:
                     duplicate = key in first_line

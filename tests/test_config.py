@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cotx_rl import compress, pipeline
+from cotx_rl.config import read_yaml
 from cotx_rl.io import StageInputError, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +92,15 @@ def test_bad_recipes_are_named(tmp_path, text, message):
     recipe = write(tmp_path / "bad.yaml", text)
     with pytest.raises(StageInputError, match=message):
         parse_compress("--config", str(recipe))
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    recipe = write(
+        tmp_path / "merge.yaml",
+        "base: &base {exact: 1, max: 1}\ntraces_path: a\noutput_path: b.jsonl\n"
+        "mode_proportions: {<<: *base, max: 3}\n",
+    )
+    assert read_yaml(recipe)["mode_proportions"] == {"exact": 1, "max": 3}
 
 
 def test_a_missing_recipe_is_named(tmp_path):
