@@ -459,3 +459,45 @@ def test_readme_client_holds_the_budget_behind_transformers_serve(one_word_stude
             thought_and_answer = completion[completion.index("<think>") :]
             parsed = parse_completion(thought_and_answer)
             assert parsed.well_formed and parsed.answer_text.split() == ["so"] * 16, completion  # answer_tokens
+
+
+def scripted_readme_client(student: str, replies: list[tuple[str, str]]):
+    """The README's `budgeted` with its `complete` answering `replies` in order (text, finish reason); returns it
+    and the `(prompt, max_tokens)` of every request it made."""
+    code = readme_client_code()
+    code = code.replace(
+        'AutoTokenizer.from_pretrained("outputs/tiny/grpo")', f"AutoTokenizer.from_pretrained({student!r})"
+    )
+    code = code[: code.index("\nprint(budgeted(")]  # its example call needs a server
+    namespace: dict = {"__name__": "readme_client"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    requests = []
+
+    def complete(prompt, max_tokens):
+        requests.append((prompt, max_tokens))
+        return replies[len(requests) - 1]
+
+    namespace["complete"] = complete
+    return namespace["budgeted"], requests
+
+
+@pytest.mark.parametrize(
+    ("mode", "budget", "replies", "completion", "limits"),
+    [
+        # The student closes in time and finishes its answer: one request, nothing added.
+        ("max", 24, [("\nso so\n</think>\n\\boxed{5}", "stop")], "<think>\nso so\n</think>\n\\boxed{5}", [24]),
+        # It closes in time but the request ends inside the answer: the rest of the answer's 16 tokens.
+        ("exact", 20, [("\nso\n</think>\n\\boxed{", "length"), ("5}", "stop")], "<think>\nso\n</think>\n\\boxed{5}",
+         [22, 16 - 3]),  # `\n`, `\\boxed`, `{`
+        # It closes early and writes on: the answer keeps its 16 tokens.
+        ("max", 48, [("\nso\n</think>" + " so" * 30, "stop")], "<think>\nso\n</think>" + " so" * 16, [48]),
+        # Auto: the declaration sets the limit (24 + 10%), the thought then closes in time.
+        ("auto", None, [("<budget>24</budget>\n<think>\nso", "length"), ("\nso\n</think>\n\\boxed{5}", "stop")],
+         "<budget>24</budget>\n<think>\nso\n</think>\n\\boxed{5}", [16, 27]),
+    ],
+)  # fmt: skip
+def test_readme_client_keeps_what_the_student_closed_itself(saved_student, mode, budget, replies, completion, limits):
+    budgeted, requests = scripted_readme_client(saved_student, replies)
+    assert budgeted("Compute 2 + 3.", mode, budget) == (completion, False)
+    assert [max_tokens for _, max_tokens in requests] == limits
+    assert all(prompt.endswith(("<|assistant|>\n", "<think>", "</think>\n\\boxed{")) for prompt, _ in requests)
