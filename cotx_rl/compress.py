@@ -33,9 +33,10 @@ counted by compressor and reason, never kept.
 **Rewrite.** Slots that no compressor before `rewrite` met are rewritten last, `rewrite_batch_size` requests per call
 of the teacher's batch interface. Each finished batch is appended to `<output stem>.rewrites.jsonl`; a rerun (after a
 kill, say) takes what is there and asks only for the rest. Delete that file to rewrite again. A request that fails
-(the openai backend: a server error or timeout after its retries, a refused request) is asked again in the slot's next
-attempt; a slot left with no answer at all is counted as `rewrite:request_failed`, falls back to the compressors
-listed after `rewrite`, and is asked for again by a rerun. A rejected key (401/403) stops the stage.
+(the openai backend: a server error or timeout after its retries, or a refused request, which is sent as it was) is
+sent again in the slot's next attempt (`rewrite_max_attempts` in all); a slot whose last request failed is counted as
+`rewrite:request_failed`, falls back to the compressors listed after `rewrite`, and is asked for again by a rerun. A
+rejected key (401/403) stops the stage.
 """
 
 from __future__ import annotations
@@ -432,7 +433,7 @@ def run_rewrites(
     repair_jsonl_tail(sidecar)
     done = {}
     if sidecar.exists() and sidecar.stat().st_size:
-        # A slot whose requests all failed is asked for again; the later record of a key is the one that counts.
+        # A slot whose last request failed is asked for again: its record does not count as done.
         done = {
             record["key"]: record
             for record in read_rows(sidecar, "Rewrite results file")
@@ -483,8 +484,8 @@ def run_rewrites(
             progress.update(len(batch))
     if unanswered:
         logger.warning(
-            "rewrite: %d slot(s) got no answer from the teacher after %d attempts (%s in the stats); they fell back "
-            "to the compressors after rewrite, and a rerun asks for them again.",
+            "rewrite: the last request of %d slot(s) failed (attempts: %d; %s in the stats); they fell back to the "
+            "compressors after rewrite, and a rerun asks for them again.",
             unanswered, args.rewrite_max_attempts, REQUEST_FAILED,
         )  # fmt: skip
     return examples
