@@ -4,8 +4,9 @@ Two students of the same size on the same problems:
 
 - the budget student of a finished tiny pipeline run (`outputs/tiny/sft`, trained by `recipes/tiny/sft.yaml`),
   asked for its full reasoning (`max` mode at the largest budget);
-- an answer-only student: the budget student fine-tuned here on the same kept traces with the thought emptied, so
-  that it knows the same arithmetic but must answer at once.
+- an answer-only student: the budget student fine-tuned here on the same kept traces with the thought replaced by a
+  fixed `ANSWER_ONLY_THOUGHT` (the SFT stage refuses an empty one), so that it knows the same arithmetic but must
+  answer at once.
 
 Prints accuracy per difficulty level for both, the budget student's training time (from the run's `timings.json`)
 and the answer-only student's. Run after `cotx-rl pipeline --config recipes/tiny/pipeline.yaml`:
@@ -35,10 +36,14 @@ def accuracy_by_level(student: Student, rows: list[dict], mode, budget) -> dict:
     return {level: 100 * sum(v) / len(v) for level, v in sorted(levels.items())}
 
 
+# The whole thought of the answer-only student: a few fixed tokens, no computation.
+ANSWER_ONLY_THOUGHT = "I answer at once."
+
+
 def train_answer_only(run_dir: Path, epochs: int) -> tuple[Path, float]:
     kept = read_rows(run_dir / "kept_traces.jsonl")
     data = run_dir / "benchmark" / "answer_only.jsonl"
-    write_rows(data, [{**row, "reasoning": ""} for row in kept])
+    write_rows(data, [{**row, "reasoning": ANSWER_ONLY_THOUGHT} for row in kept])
     output = run_dir / "benchmark" / "answer_only"
     argv = [
         # As the full-CoT baseline: continue from the budget student, so that both know the same arithmetic and differ

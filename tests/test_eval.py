@@ -4,6 +4,7 @@ import json
 import sys
 import types
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,14 +149,18 @@ def test_completions_are_logged_as_a_wandb_table(evaluated):
     assert [dict(zip(tables[0].columns, values)) for values in tables[0].data] == rows
 
 
-def test_domain_benchmark_scores_each_level_from_the_students_completions(students):
-    """`benchmarks/domain.py` (the README's reasoning-length check) runs on eval's `Student`, as eval does."""
+def load_domain_benchmark():
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("domain", Path(__file__).parents[1] / "benchmarks" / "domain.py")
     domain = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(domain)
+    return domain
+
+
+def test_domain_benchmark_scores_each_level_from_the_students_completions(students):
+    """`benchmarks/domain.py` (the README's reasoning-length check) runs on eval's `Student`, as eval does."""
+    domain = load_domain_benchmark()
     folder, paths = students
     rows = read_rows(folder / "test.jsonl")
     settings = EvalArguments(test_path="-", output_dir=str(folder), models={"sft": "-"}, max_new_tokens=24)
@@ -166,6 +171,28 @@ def test_domain_benchmark_scores_each_level_from_the_students_completions(studen
     for level, score in scores.items():
         correct = [r["correct"] for r in student.records if r["difficulty"] == level]
         assert score == pytest.approx(100 * sum(correct) / len(correct))
+
+
+def test_domain_benchmark_trains_its_answer_only_student_through_the_sft_stage(students, tmp_path, monkeypatch):
+    """The answer-only student of `benchmarks/domain.py`: the run's kept traces with the fixed thought, one epoch of
+    the full-CoT recipe from the run's SFT student, saved where the benchmark evaluates it."""
+    import shutil
+
+    from cotx_rl.teachers.procedural import ProceduralTeacher
+
+    domain = load_domain_benchmark()
+    _, paths = students
+    run_dir = tmp_path / "run"
+    shutil.copytree(paths["sft"], run_dir / "sft")
+    rows = make_problems(8, "train", seed=3)
+    outputs = ProceduralTeacher().generate(rows)
+    write_rows(run_dir / "kept_traces.jsonl", [{**r, "reasoning": o.reasoning, "response": o.response}
+                                               for r, o in zip(rows, outputs)])  # fmt: skip
+    monkeypatch.chdir(Path(__file__).parents[1])  # the benchmark names its recipe from the repository root
+    output, seconds = domain.train_answer_only(run_dir, epochs=1)
+    assert (output / "model.safetensors").is_file() and seconds > 0
+    trained = read_rows(run_dir / "benchmark" / "answer_only.jsonl")
+    assert len(trained) == 8 and {row["reasoning"] for row in trained} == {domain.ANSWER_ONLY_THOUGHT}
 
 
 def test_force_close_thought_caps_the_thought(students, tiny_tokenizer):
