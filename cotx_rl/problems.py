@@ -2,8 +2,10 @@
 
 Output rows: `id`, `question`, `answer` (gold, as a string), `source`, `difficulty` (None when unknown), plus any other
 columns of the source. Presets read the common formats: `gsm8k` (gold after `#### `), `math` (MATH and MATH-500: the
-`answer` column, or the last `\\boxed{}` of `solution`; difficulty from `level`), `aime` and `amc` (`id`, `problem`,
-`answer`, as in AI-MO's AIME and AMC validation sets) and `qwq` (QwQ's evaluation files: `prompt`, `answer`).
+`answer` column, or the last `\\boxed{}` of `solution`; difficulty from `level`, or `difficulty` as in DeepScaleR's
+copy; ids from `unique_id`, made up when there is none, as in MATH's training set), `aime` and `amc` (`id`, `problem`,
+`answer`, as in AI-MO's AIME and AMC validation sets; ids made up when there is no `id`) and `qwq` (QwQ's evaluation
+files: `prompt`, `answer`).
 [`read_problems`] maps a file or dataset split the same way for the `eval` stage.
 
 What the stage refuses, drops and counts:
@@ -58,6 +60,14 @@ PRESETS = {
     "aime": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
     "amc": {"question_column": "problem", "answer_column": "answer", "id_column": "id"},
     "qwq": {"question_column": "prompt", "answer_column": "answer"},
+}
+# Preset columns that not every file in the preset's format has, with what to use instead, in order (None: none).
+# MATH's own training set has no `unique_id` (ids are made up), and MATH copies such as DeepScaleR's write the level
+# as `difficulty`. A column named in the recipe is always required.
+PRESET_FALLBACKS = {
+    "math": {"id_column": (None,), "difficulty_column": ("difficulty", None)},
+    "aime": {"id_column": (None,)},
+    "amc": {"id_column": (None,)},
 }
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed")
 
@@ -114,9 +124,11 @@ class ProblemsArguments:
             if self.preset not in PRESETS:
                 raise StageInputError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
             defaults = {f.name: f.default for f in fields(self)}
+            self._from_preset = set()  # the keys the preset set (not the recipe): their columns may fall back
             for key, value in PRESETS[self.preset].items():
                 if getattr(self, key) == defaults[key]:  # keys set in the recipe win over the preset
                     setattr(self, key, value)
+                    self._from_preset.add(key)
         if self.answer_format not in ANSWER_FORMATS:
             raise StageInputError(
                 f"Unknown answer_format {self.answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}."
@@ -152,6 +164,19 @@ def read_difficulty(value) -> int | float | None:
     return None if match is None else float(match.group()) if "." in match.group() else int(match.group())
 
 
+def resolve_preset_columns(records: Rows, args: ProblemsArguments) -> None:
+    """Point a preset's optional columns that no record has at their fallback (`PRESET_FALLBACKS`), and say so."""
+    fallbacks = PRESET_FALLBACKS.get(args.preset, {})
+    for key, alternatives in fallbacks.items():
+        column = getattr(args, key)
+        if key not in getattr(args, "_from_preset", ()) or column is None or any(column in r for r in records):
+            continue
+        chosen = next((c for c in alternatives if c is None or all(c in r for r in records)), None)
+        setattr(args, key, chosen)
+        instead = f"using {chosen!r}" if chosen else "ids made up" if key == "id_column" else "no difficulty"
+        logger.info("%s has no %r column (preset %s): %s.", records.name, column, args.preset, instead)
+
+
 def to_problem_rows(records: Rows, args: ProblemsArguments, keep_unreadable: bool = False) -> Rows:
     """Map source records to problem rows (made-up ids come later, per split).
 
@@ -159,6 +184,7 @@ def to_problem_rows(records: Rows, args: ProblemsArguments, keep_unreadable: boo
     `keep_unreadable`, those without a readable gold are kept with `answer` None: evaluation counts them apart); a
     record without a column the mapping needs, or with a null id, is refused.
     """
+    resolve_preset_columns(records, args)
     columns = [args.question_column]
     if args.answer_format != "boxed" or not args.solution_column:
         columns.append(args.answer_column)

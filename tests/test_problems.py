@@ -4,7 +4,7 @@ import pytest
 
 from cotx_rl import problems
 from cotx_rl.arithmetic import make_problems, parse_question
-from cotx_rl.io import StageInputError, read_rows
+from cotx_rl.io import StageInputError, gold_text, read_rows
 from cotx_rl.problems import ProblemsArguments
 
 
@@ -66,6 +66,39 @@ def test_math_preset_falls_back_to_last_boxed_of_solution(tmp_path):
         problems.main(ProblemsArguments(output_dir=str(tmp_path / "out"), source=str(source), preset="math"))["train"]
     )
     assert rows[0]["answer"] == "\\frac{8}{2}" and rows[0]["difficulty"] == 2
+
+
+def test_math_preset_reads_math_train_copies_without_ids_or_levels(tmp_path, shared_data, caplog):
+    """DeepScaleR's MATH train copy (`problem`, `answer`, `difficulty`, no `unique_id`), and MATH's own training set
+    (`problem`, `level`, `solution`, no `unique_id`): ids are made up, difficulty comes from what there is."""
+    source = shared_data / "real" / "problems" / "math_train_7474_deepscaler.json"
+    raw = json.loads(source.read_text())
+    with caplog.at_level("INFO", logger="cotx_rl.problems"):
+        args = ProblemsArguments(output_dir=str(tmp_path / "a"), source=str(source), preset="math", test_size=0.1)
+        written = problems.main(args)
+    rows = read_rows(written["train"]) + read_rows(written["test"])
+    readable = [record for record in raw if gold_text(record["answer"]) is not None]  # 4 golds are empty
+    assert len(rows) == len(readable) == len(raw) - 4 and len({row["id"] for row in rows}) == len(rows)
+    by_question = {record["problem"]: record for record in raw}
+    for row in rows[:50]:
+        assert (row["answer"], row["difficulty"]) == (str(by_question[row["question"]]["answer"]).strip(),
+                                                      by_question[row["question"]]["difficulty"])  # fmt: skip
+    assert "no 'unique_id' column (preset math): ids made up" in caplog.text
+    assert "no 'level' column (preset math): using 'difficulty'" in caplog.text
+    hub_style = tmp_path / "math_train.jsonl"
+    hub_style.write_text(json.dumps({"problem": "2+2?", "level": "Level 1", "type": "Algebra",
+                                     "solution": "So $\\boxed{4}$."}) + "\n")  # fmt: skip
+    (row,) = read_rows(problems.main(ProblemsArguments(output_dir=str(tmp_path / "b"), source=str(hub_style),
+                                                       preset="math"))["train"])  # fmt: skip
+    assert (row["answer"], row["difficulty"]) == ("4", 1) and row["id"]
+
+
+def test_a_column_named_in_the_recipe_is_required_even_with_a_preset(tmp_path):
+    source = tmp_path / "math.jsonl"
+    source.write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
+    args = ProblemsArguments(output_dir=str(tmp_path / "out"), source=str(source), preset="math", id_column="uid")
+    with pytest.raises(StageInputError, match="lacks column\\(s\\) \\['uid'\\]"):
+        problems.main(args)
 
 
 def test_column_mapping_for_csv(tmp_path):
