@@ -203,6 +203,9 @@ def prepare_latex(answer: str) -> str:
     text = text.replace("**", "^")
     # Plain-text function calls written by models: "sqrt(3)", "2*sqrt(5)".
     text = _PLAIN_SQRT_RE.sub(r"\\sqrt{\1}", text)
+    # `29,\!322,\!216`: a comma with a thin space after it between digit groups is a thousands separator (MATH's
+    # golds write them so, inside fractions too); without the `\!` a comma may separate items and stays.
+    text = re.sub(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", "", text)
     text = re.sub(r"\\!\s*", "", text)
     text = re.sub(r"(?<=\d)\\[,;: ](?=\d{3}(?!\d))", "", text)
     text = re.sub(r"(?<=\d)\{,\}(?=\d)", ",", text)

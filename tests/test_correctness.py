@@ -121,6 +121,9 @@ EQUAL = [
     ("5", "\\boxed{5 \\text{ cm}}"),
     ("12", "\\boxed{12\\text{ dollars}}"),
     ("15000", "\\boxed{\\$15,\\!000}"),
+    # thousands written `,\!` inside a structure (a MATH-train gold: R1-Distill-32B trace 26 of the shared set)
+    ("\\dfrac{1}{29,\\!322,\\!216}", "\\boxed{\\dfrac{1}{29322216}}"),
+    ("\\frac{3}{1,\\!000}", "\\boxed{0.003}"),
     ("90", "\\boxed{90^\\circ}"),
     ("74^\\circ", "\\boxed{74°}"),
     ("125", "The distance is 125 miles."),
@@ -156,6 +159,8 @@ EQUAL = [
 
 DIFFERENT = [
     ("5", "\\boxed{500}"),
+    ("\\frac{3}{1,\\!000}", "\\boxed{\\frac{3}{1001}}"),
+    ("(1,234)", "\\boxed{(1234)}"),  # a comma without a thin space may separate items
     ("5", "\\boxed{0.05}"),
     ("0.28", "\\boxed{28}"),
     ("12.5\\%", "\\boxed{12.5}"),
