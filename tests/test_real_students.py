@@ -299,3 +299,55 @@ def test_grpo_rewards_count_the_thought_the_prompt_opened(real_students):
     auto = GRPOScriptArguments(sft_model_path="x", problems_path="x")
     with pytest.raises(StageInputError, match="auto"):
         with_opened_thought([rewards.load("format_reward")], tokenizer, auto)
+
+
+def never_closing(tokenizer, declared: int | None = None):
+    """A script: the student writes `<budget>declared</budget>` (auto) and `<think>`, then ` so` forever; after a forced
+    `</think>` it writes what its weights like, but no marker."""
+    from scripted_students import force
+
+    head = (f"{BUDGET_START}{declared}{BUDGET_END}\n" if declared else "") + "<think>"
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    (word,) = tokenizer(" so", add_special_tokens=False)["input_ids"]
+    markers = tokenizer.convert_tokens_to_ids(["<think>", "</think>", BUDGET_START, BUDGET_END])
+    end = markers[1]
+
+    def script(generated, logits):
+        if len(generated) < len(head_ids):
+            force(logits, head_ids[len(generated)])
+        elif end not in generated:
+            force(logits, word)
+        else:
+            logits[markers] = float("-inf")
+
+    return script
+
+
+@pytest.mark.parametrize("name", list(REAL_STUDENTS))
+@pytest.mark.parametrize(("mode", "budget", "declared", "limit"), [("max", 16, None, 16), ("auto", None, 24, 27)])
+def test_the_hard_stop_holds_a_real_tokenizer_student(real_students, name, mode, budget, declared, limit):
+    """A student with a real tokenizer and chat template (the markers added, as SFT adds them) that never closes its
+    thought: the thought is closed at its limit (max: N; auto: the declared budget, its digits split by the Qwen
+    tokenizers, plus 10%), the answer capped, every stop counted."""
+    from scripted_students import scripted
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cotx_rl.budget import count_thinking_tokens, parse_completion
+    from cotx_rl.generation import BudgetedGenerator, summarize
+    from cotx_rl.models import add_budget_markers
+
+    tokenizer = AutoTokenizer.from_pretrained(real_students[name])
+    add_budget_markers(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(real_students[name])
+    model.resize_token_embeddings(len(tokenizer))
+    student = scripted(model, tokenizer, never_closing(tokenizer, declared))
+    generator = BudgetedGenerator(student, tokenizer, max_new_tokens=80, answer_tokens=4, batch_size=3,
+                                  max_budget_tokens=32)  # fmt: skip
+    rows = generator.generate(["What is 2 + 3?", "Find x if 2x = 10.", "Compute 7 * 6."], mode, budget, hard_stop=True)
+    for row in rows:
+        parsed = parse_completion(row["completion"])
+        assert parsed.well_formed and parsed.declared_budget_tokens == declared, row["completion"]
+        assert row["thinking_tokens"] == count_thinking_tokens(row["completion"], tokenizer) == limit
+        assert row["hard_stopped"] and row["declared_budget_tokens"] == declared
+        assert row["finish_reason"] in ("answer_cap", "stop")
+    assert summarize(rows)["hard_stop_rate"] == 1.0
