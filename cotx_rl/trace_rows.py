@@ -10,26 +10,34 @@ the `verify` and the `compress` stage, so that the two agree on what a trace is:
   the file has is used;
 - a raw completion is split at `</think>` by [`split_thinking`], the one place that does it;
 - an unfinished thought (a false completeness flag, `finish_reason: length`, or a completion without `</think>`) is
-  dropped and counted as `truncated`, a row whose gold is null as `null_gold`, and a row in which the `traces` stage
-  recorded a failed request (`finish_reason: error`, with its `error`) as `failed`;
+  dropped and counted as `truncated`, a row whose gold is null or empty as `null_gold`, one whose gold is neither
+  text nor a number (a list, a boolean) as `unreadable_gold`, a row in which the `traces` stage recorded a failed
+  request (`finish_reason: error`, with its `error`) as `failed`, and a row whose reasoning or response still holds a
+  marker of the budget format (`<think>`, `</think>`, `<budget>`, `</budget>`: a literal tag in code, a second
+  thought) as `stray_tag`; the `<think>`/`</think>` around a reasoning column's own text are taken off first. The
+  log names the lines of every drop;
 - a gold that is a number in the file (`42`, `0.5`) is read as its text; `difficulty` comes from `math_level` when the
   file has no `difficulty`;
-- a row without one of the columns, or with empty reasoning, stops the stage with one message that names the file,
-  the line and the id.
+- a row without one of the columns, with a null id, or with empty reasoning, stops the stage with one message that
+  names the file, the line and the id.
 
 Every other column passes through untouched; the columns read into the schema's names are renamed, not copied.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotx_rl.budget import THINK_END, THINK_START
-from cotx_rl.io import Rows, StageInputError, gold_text, read_rows
+from cotx_rl.budget import BUDGET_END, BUDGET_START, THINK_END, THINK_START
+from cotx_rl.io import Rows, StageInputError, gold_text, listing, read_rows
+
+logger = logging.getLogger(__name__)
 
 # Names looked for, in order, when a column key is left unset.
 COMMON_NAMES = {
@@ -40,7 +48,11 @@ COMMON_NAMES = {
     "completion": ("completion", "generation", "output"),
     "complete": ("complete", "finish_reason"),
 }
-DROP_REASONS = ("truncated", "null_gold", "failed")
+DROP_REASONS = ("truncated", "null_gold", "unreadable_gold", "failed", "stray_tag")
+# Markers of the budget format: a trace whose text holds one (beyond the tags around its own thought, which are taken
+# off) cannot be written as one `<think>...</think>` completion.
+FORMAT_MARKERS = (THINK_START, THINK_END, BUDGET_START, BUDGET_END)
+_WRAPPING_TAGS = re.compile(rf"^\s*{re.escape(THINK_START)}|{re.escape(THINK_END)}\s*$")
 # The `finish_reason` of a row in which the `traces` stage recorded a request that failed (with its `error`).
 FAILED_FINISH_REASON = "error"
 
@@ -176,19 +188,21 @@ def load_traces(
             "response_column) or completion_column."
         )
     renamed = {names[key]: key for key in ("question", "answer", "reasoning", "response") if names[key]}
-    out, kept_lines, drops = [], [], Counter()
+    out, kept_lines, dropped = [], [], defaultdict(list)
     for index, (row, number) in enumerate(zip(rows, rows.line_numbers)):
 
         def fail(problem: str, index: int = index) -> StageInputError:
             return StageInputError(f"{rows.where(index)}: {problem}; fix or remove the row.")
 
         if row.get("finish_reason") == FAILED_FINISH_REASON:
-            drops["failed"] += 1  # no trace to read: the request failed (a rerun of `traces` retries it)
+            dropped["failed"].append(number)  # no trace to read: the request failed (a rerun of `traces` retries it)
             continue
         required = ["id", names["question"], names["answer"], names["reasoning"] or names["completion"]]
         missing = [column for column in required if column not in row]
         if missing:
             raise fail(f"lacks column(s) {missing} (it has {sorted(row)})")
+        if row["id"] is None:
+            raise fail("its id is null (ids key the examples, the mode plans and the resumable files)")
         finished = names["complete"] is None or _is_finished(row.get(names["complete"]))
         if names["completion"]:
             completion = row[names["completion"]]
@@ -198,16 +212,23 @@ def load_traces(
             finished = finished and closed
         else:
             reasoning = row[names["reasoning"]]
+            if isinstance(reasoning, str) and _WRAPPING_TAGS.search(reasoning):  # an export kept the thought's tags
+                reasoning = _WRAPPING_TAGS.sub("", reasoning).strip()
             response = row.get(names["response"]) if names["response"] else None
         if not finished:
-            drops["truncated"] += 1
+            dropped["truncated"].append(number)
             continue
         gold = gold_text(row[names["answer"]])
         if gold is None:
-            drops["null_gold"] += 1
+            value = row[names["answer"]]
+            empty = value is None or (isinstance(value, str) and not value.strip())
+            dropped["null_gold" if empty else "unreadable_gold"].append(number)
             continue
         if not isinstance(reasoning, str) or not reasoning.strip():
             raise fail(f"its reasoning ({names['reasoning'] or names['completion']!r}) is empty")
+        if any(marker in text for text in (reasoning, response or "") for marker in FORMAT_MARKERS):
+            dropped["stray_tag"].append(number)
+            continue
         question = row[names["question"]]
         if not isinstance(question, str) or not question.strip():
             raise fail(f"its question ({names['question']!r}) is not text")
@@ -223,4 +244,6 @@ def load_traces(
             normalised["difficulty"] = _difficulty(row["math_level"])
         out.append(normalised)
         kept_lines.append(number)
-    return Rows(out, kept_lines, rows.name, rows.unit), drops
+    for reason, numbers in dropped.items():
+        logger.warning("%s: dropped %d rows as %s (%s).", rows.name, len(numbers), reason, listing(numbers, rows.unit))
+    return Rows(out, kept_lines, rows.name, rows.unit), Counter({reason: len(n) for reason, n in dropped.items()})

@@ -5,21 +5,23 @@ The traces file is read as it comes, by the same loader as the `compress` stage 
 `</think>`. The kept traces are written in the project's trace schema.
 
 A trace is dropped as `truncated` when its thought was not finished (the teacher hit its length limit, a false
-completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null, `failed` when the
-`traces` stage recorded a failed request in its place (`finish_reason: error`; a rerun of `traces` retries it and
-appends the trace, which is then kept, while the failed row still counts here), `no_answer` when no final answer can
-be read, `wrong_answer` when the answer differs from the gold, `unreadable_gold` when the gold
-itself cannot be read, `unverified` when the verifier could not judge the pair (its worker died, or the call ran out
-of time for slow items; see `rewards.CorrectnessReward`), and `duplicate` when an earlier row of the file has the same id (and sample index): the first
-is kept, the repeats are counted and named in the log. Correctness is decided here with `rewards.correctness_reward`, whatever `teacher_correct` a
-brought-in file says.
+completeness flag, a completion without `</think>`), `null_gold` when its gold answer is null or empty,
+`unreadable_gold` when the gold cannot be read (a list or a boolean in the file, or text the verifier cannot parse),
+`failed` when the `traces` stage recorded a failed request in its place (`finish_reason: error`; a rerun of `traces`
+retries it and appends the trace, which is then kept, while the failed row still counts here), `stray_tag` when its
+reasoning or response holds a marker of the budget format (a literal `</think>` in code, a second thought), `no_answer`
+when no final answer can be read, `wrong_answer` when the answer differs from the gold, `unverified` when the verifier
+could not judge the pair (its worker died, or the call ran out of time for slow items; see
+`rewards.CorrectnessReward`), and `duplicate` when an earlier row of the file has the same id (and sample index): the
+first is kept, the repeats are counted. The log names the lines of every drop. Correctness is decided here with
+`rewards.correctness_reward`, whatever `teacher_correct` a brought-in file says.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from cotx_rl.budget import render_completion
@@ -28,6 +30,7 @@ from cotx_rl.io import (
     check_writable_output,
     describe_duplicates,
     duplicate_ids,
+    listing,
     write_json,
     write_rows,
 )
@@ -35,8 +38,8 @@ from cotx_rl.trace_rows import TraceColumnArguments, load_traces, trace_key
 from rewards.correctness import correctness_reward, extract_final_answer
 
 logger = logging.getLogger(__name__)
-DROP_REASONS = ("truncated", "null_gold", "failed", "duplicate", "no_answer", "wrong_answer", "unreadable_gold",
-                "unverified")  # fmt: skip
+DROP_REASONS = ("truncated", "null_gold", "failed", "stray_tag", "duplicate", "no_answer", "wrong_answer",
+                "unreadable_gold", "unverified")  # fmt: skip
 
 
 @dataclass
@@ -64,14 +67,18 @@ def verify_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
     """Kept rows (with `teacher_correct` set) and the count of drops per reason."""
     texts = [render_completion(row["reasoning"], row.get("response") or "") for row in rows]
     scores, why_none = correctness_reward.score_with_reasons([row["answer"] for row in rows], texts)
-    kept, drops = [], Counter()
-    for row, score, why in zip(rows, scores, why_none):
+    kept, lines = [], defaultdict(list)
+    numbers = getattr(rows, "line_numbers", None) or range(1, len(rows) + 1)
+    for row, score, why, number in zip(rows, scores, why_none, numbers):
         reason = drop_reason(row, score, why)
         if reason is None:
             kept.append({**row, "teacher_correct": True})
         else:
-            drops[reason] += 1
-    return kept, drops
+            lines[reason].append(number)
+    name, unit = getattr(rows, "name", "Traces"), getattr(rows, "unit", "line")
+    for reason, found in lines.items():
+        logger.info("%s: dropped %d rows as %s (%s).", name, len(found), reason, listing(found, unit))
+    return kept, Counter({reason: len(found) for reason, found in lines.items()})
 
 
 def drop_repeats(rows, drops: Counter):

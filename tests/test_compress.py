@@ -325,3 +325,23 @@ def test_rewrite_batch_is_one_backend_call_per_attempt(bpe_tokenizer):
     texts = rewrite.compress_batch([(row, "40 + 2 = 42. " * 20, 40, 0) for row in rows])
     assert teacher.calls == [5]  # one call for the whole batch, none per slot
     assert texts == ["Adding them, 40 + 2 = 42. So the answer is \\boxed{42}."] * 5  # the text after the thought
+
+
+def test_traces_holding_format_markers_are_counted_not_fatal(tmp_path, traces):
+    """A reasoning that mentions `</think>` (code) or `<budget>` cannot be one budgeted completion: dropped and
+    counted; a reasoning column that kept its own `<think>...</think>` is compressed without them; a null id stops."""
+    rows = [dict(row) for row in traces[:6]]
+    rows[0]["reasoning"] = rows[0]["reasoning"] + "\nIn HTML-like tags, '</think>' would close it."
+    rows[1]["reasoning"] = "A <budget> tag first. " + rows[1]["reasoning"]
+    rows[2]["reasoning"] = f"<think>\n{rows[2]['reasoning']}\n</think>"
+    write_rows(tmp_path / "kept.jsonl", rows)
+    args = CompressArguments(traces_path=str(tmp_path / "kept.jsonl"), output_path=str(tmp_path / "examples.jsonl"))
+    stats = compress.main(args, run_args=RunArguments(budget_grid=GRID))
+    assert stats["input_dropped"] == {"stray_tag": 2} and stats["traces"] == 4
+    examples = read_rows(tmp_path / "examples.jsonl")
+    wrapped = [e for e in examples if e["id"] == rows[2]["id"]]
+    assert wrapped and not any("<think>" in e["reasoning"] or "</think>" in e["reasoning"] for e in examples)
+    rows[3]["id"] = None
+    write_rows(tmp_path / "kept.jsonl", rows)
+    with pytest.raises(StageInputError, match="line 4: its id is null"):
+        compress.main(args, run_args=RunArguments(budget_grid=GRID))

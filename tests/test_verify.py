@@ -13,7 +13,7 @@ def trace(id_, reasoning, response, answer="12", finish="stop", **extra):
             "finish_reason": finish, **extra}  # fmt: skip
 
 
-def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
+def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path, caplog):
     rows = [
         trace("ok", "3 * 4 = 12.", "\\boxed{12}", source="mine"),
         trace("ok-in-thought", "3 * 4 = 12, so the answer is \\boxed{12}.", ""),
@@ -23,25 +23,35 @@ def test_keeps_correct_traces_and_counts_drops_by_reason(tmp_path):
         trace("bad-gold", "3 * 4 = 12.", "\\boxed{12}", answer="\\boxed{}"),
         trace("no-gold", "3 * 4 = 12.", "\\boxed{12}", answer=""),
         trace("refused", "", "", finish="error", error="The openai teacher's endpoint answered 400: bad request"),
+        trace("wrapped", "<think>\n3 * 4 = 12.\n</think>", "\\boxed{12}"),  # an export that kept the tags
+        trace("code-tag", "The tag '</think>' closes it. 3 * 4 = 12.", "\\boxed{12}"),
+        trace("list-gold", "3 * 4 = 12.", "\\boxed{12}", answer=["12"]),
     ]
     write_rows(tmp_path / "traces.jsonl", rows)
-    stats = verify.main(
-        VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl"), str(tmp_path / "stats.json"))
-    )
+    with caplog.at_level("INFO"):
+        stats = verify.main(
+            VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl"), str(tmp_path / "stats.json"))
+        )
     kept = read_rows(tmp_path / "kept.jsonl")
-    assert [r["id"] for r in kept] == ["ok", "ok-in-thought"]
+    assert [r["id"] for r in kept] == ["ok", "ok-in-thought", "wrapped"]
     assert all(r["teacher_correct"] is True for r in kept) and kept[0]["source"] == "mine"
+    assert kept[2]["reasoning"] == "3 * 4 = 12."
     assert stats["dropped"] == {
         "truncated": 1,
         "null_gold": 1,
         "failed": 1,
+        "stray_tag": 1,
         "duplicate": 0,
         "no_answer": 1,
         "wrong_answer": 1,
-        "unreadable_gold": 1,
+        "unreadable_gold": 2,
         "unverified": 0,
     }
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
+    # Every drop is named by its line.
+    for reason, line in [("stray_tag", 10), ("truncated", 5), ("wrong_answer", 3), ("no_answer", 4), ("null_gold", 7),
+                         ("unreadable_gold", 11), ("unreadable_gold", 6)]:  # fmt: skip
+        assert f"dropped 1 rows as {reason} (line {line})" in caplog.text
 
 
 def test_missing_column_is_named(tmp_path):
