@@ -34,6 +34,7 @@ from cotx_rl.generation import (
     summarize,
 )
 from cotx_rl.io import (
+    JSONL_SUFFIXES,
     Rows,
     StageInputError,
     check_output_path,
@@ -104,18 +105,19 @@ def read_questions(path: str | Path, question_column: str = "question") -> Rows:
     """Input rows, each with a non-empty string under `question_column`; a bad line is a `StageInputError` naming the
     file and the line.
 
-    JSONL is read line by line (blank lines skipped), JSON/CSV/Parquet as tables, anything else as plain text with one
-    question per line.
+    JSONL (`.jsonl`, `.ndjson`) is read line by line (blank lines skipped), JSON/CSV/Parquet as tables, anything else
+    as plain text with one question per line: lines end at `\n` (or `\r\n`) only, so that a form feed or a Unicode
+    line separator pasted into a question does not split it, and a UTF-8 byte order mark is not part of the first.
     """
     path = Path(path)
-    if path.suffix in (".jsonl", *STRUCTURED_SUFFIXES):
+    if path.suffix in (*JSONL_SUFFIXES, *STRUCTURED_SUFFIXES):
         rows = read_rows(path, "Input")
         check_rows(rows, [], text_columns=[question_column])
         return rows
     if not path.is_file():
         raise StageInputError(f"Input {str(path)!r} " + ("is not a file." if path.exists() else "does not exist."))
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError as error:
         raise StageInputError(f"Input {str(path)!r} is not UTF-8 text: {error}") from error
     numbered = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]

@@ -26,7 +26,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-READABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+READABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # read line by line; `.ndjson` is the same format under another name
 WRITABLE_SUFFIXES = (".jsonl", ".parquet")
 MIN_FREE_BYTES = 16 * 2**20  # below this a disk is as good as full: even a small JSONL or a report may not fit
 LISTED = 5  # how many lines or ids a message lists before it says "and N more"
@@ -144,7 +145,7 @@ def load_dataset_file(path: str | os.PathLike, what: str = "Input file"):
     import pyarrow
 
     path = require_file(path, what)
-    builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]
+    builder = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]
     try:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as error:  # a malformed file
@@ -165,7 +166,7 @@ def read_rows(path: str | os.PathLike, what: str = "Input file") -> Rows:
     """
     path = require_file(path, what)
     name = f"{what} {str(path)!r}"
-    if path.suffix != ".jsonl":
+    if path.suffix not in JSONL_SUFFIXES:
         return Rows(load_dataset_file(path, what).to_list(), name=name, unit="row")
     rows, line_numbers = [], []
     with path.open("rb") as handle:

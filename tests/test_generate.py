@@ -473,3 +473,25 @@ def test_readme_client_keeps_what_the_student_closed_itself(saved_student, mode,
     assert budgeted("Compute 2 + 3.", mode, budget) == (completion, False)
     assert [max_tokens for _, max_tokens in requests] == limits
     assert all(prompt.endswith(("<|assistant|>\n", "<think>", "</think>\n\\boxed{")) for prompt, _ in requests)
+
+
+def test_plain_text_questions_split_at_newlines_only(tmp_path):
+    """A byte order mark is not part of the first question; CRLF ends a line; a form feed, a Unicode line separator or
+    NEL pasted into a question does not split it."""
+    source = tmp_path / "questions.txt"
+    source.write_bytes(
+        "\ufeffWhat is 2+2?\r\nA question with a line\u2028separator.\n\nLast\x0cpage\x85NEL.\n".encode()
+    )
+    rows = read_questions(source)
+    assert [row["question"] for row in rows] == ["What is 2+2?", "A question with a line\u2028separator.",
+                                                 "Last\x0cpage\x85NEL."]  # fmt: skip
+    assert rows.line_numbers == [1, 2, 4]
+
+
+def test_ndjson_questions_are_read_as_jsonl(tmp_path):
+    source = tmp_path / "questions.ndjson"
+    source.write_text('{"question": "What is 1+1?", "id": "a"}\n{"question": "What is 2+2?", "id": "b"}\n')
+    assert [(row["id"], row["question"]) for row in read_questions(source)] == [
+        ("a", "What is 1+1?"),
+        ("b", "What is 2+2?"),
+    ]
