@@ -7,6 +7,7 @@ and a LoRA adapter is handled the same way in training, in GRPO and in evaluatio
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from cotx_rl.io import StageInputError, looks_like_local_path
 logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 MODEL_FILES = ("config.json", "adapter_config.json")  # a full model's folder, or a LoRA adapter's
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -58,6 +60,48 @@ def check_model_source(name: str | None, what: str = "model_name_or_path") -> No
         raise StageInputError(
             f"{what} {name!r} holds no model (neither {' nor '.join(MODEL_FILES)}){hint}; point it at a model folder."
         )
+    if is_adapter(folder):
+        check_adapter_base(folder, what)
+
+
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model a LoRA adapter folder names (`base_model_name_or_path` of its `adapter_config.json`)."""
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise StageInputError(f"{str(Path(folder) / 'adapter_config.json')!r} cannot be read: {error}") from error
+    return config.get("base_model_name_or_path") if isinstance(config, dict) else None
+
+
+def check_adapter_base(folder: Path, what: str) -> None:
+    """A LoRA adapter loads onto the base its config names, resolved from the working directory: a base path that is
+    not here (an adapter trained elsewhere, or from another folder), or an uncached Hub name offline, is one line."""
+    base = adapter_base(folder)
+    config_path = str(folder / "adapter_config.json")
+    if not base:
+        raise StageInputError(f"{what} {str(folder)!r} is a LoRA adapter whose {config_path!r} names no base model.")
+    if Path(base).expanduser().is_dir():
+        check_model_source(base, f"the base model of {what} {str(folder)!r}")
+    elif looks_like_local_path(base) or Path(base).expanduser().is_absolute():
+        raise StageInputError(
+            f"{what} {str(folder)!r} is a LoRA adapter on {base!r}, which is not a folder from here ({Path.cwd()}): "
+            f"run from where the adapter was trained, or set base_model_name_or_path in {config_path!r}."
+        )
+    else:
+        where = f"{what} {str(folder)!r} is a LoRA adapter whose base model (no such folder from {Path.cwd()}; as a Hub name)"
+        check_hub_name_cached(base, where)
+
+
+def tokenizer_source(path: str) -> str:
+    """Where a model's tokenizer is: its folder, or, for a LoRA adapter saved without one (plain PEFT saves none),
+    its base model."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and is_adapter(folder) and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        base = adapter_base(folder)
+        if base:
+            logger.info("%s holds no tokenizer: using its base model's (%s).", path, base)
+            return base
+    return path
 
 
 def check_hub_name_cached(name: str, what: str) -> None:
@@ -97,7 +141,7 @@ def load_tokenizer(name_or_path: str):
 
         return build_tiny_tokenizer()
     try:
-        tokenizer = resolve_tokenizer(name_or_path)
+        tokenizer = resolve_tokenizer(tokenizer_source(name_or_path))
     except ValueError as error:
         raise StageInputError(str(error)) from error
     if tokenizer.pad_token is None:

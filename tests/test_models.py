@@ -1,9 +1,11 @@
-"""Loading helpers of `cotx_rl.models`: merging a LoRA adapter for engines that load full models (vLLM)."""
+"""Loading helpers of `cotx_rl.models`: merging a LoRA adapter for engines that load full models (vLLM), an
+adapter's base model and tokenizer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from cotx_rl.models import merged_model_path
@@ -53,3 +55,39 @@ def test_merged_model_follows_its_adapter(tiny_tokenizer, tmp_path, monkeypatch)
     save_adapter(str(base), first, 3)  # SFT run again into the same folder
     retrained = q_proj(merged_model_path(str(first), str(work)))
     assert not torch.equal(retrained, first_weights) and not torch.equal(retrained, other_weights)
+
+
+def test_a_plain_peft_adapter_generates_with_its_base_models_tokenizer(tiny_tokenizer, tmp_path, monkeypatch):
+    """PEFT saves an adapter without a tokenizer: generation takes the base model's."""
+    from cotx_rl.generate import BudgetedGenerator
+
+    base = tmp_path / "base"
+    build_tiny_student(tiny_tokenizer, hidden_size=16, num_layers=1, num_heads=2).save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    save_adapter(str(base), tmp_path / "adapter", seed=1)
+    assert not (tmp_path / "adapter" / "tokenizer_config.json").exists()
+    generator = BudgetedGenerator(str(tmp_path / "adapter"), max_new_tokens=4, answer_tokens=2, device="cpu")
+    assert generator.tokenizer.get_vocab() == tiny_tokenizer.get_vocab()
+    (row,) = generator.generate(["Compute 2 + 3."], "max", 8)
+    assert row["question"] == "Compute 2 + 3." and row["completion_tokens"] <= 4
+
+
+def test_an_adapter_whose_base_is_not_here_is_one_line(tiny_tokenizer, tmp_path, monkeypatch):
+    """An adapter trained with a relative base path (`students/base`), used from another folder: one line naming the
+    adapter, its base and the working directory, before anything loads."""
+    from cotx_rl.io import StageInputError
+    from cotx_rl.models import check_model_source
+
+    monkeypatch.chdir(tmp_path)
+    build_tiny_student(tiny_tokenizer, hidden_size=16, num_layers=1, num_heads=2).save_pretrained("students/base")
+    save_adapter("students/base", tmp_path / "adapter", seed=1)
+    check_model_source(str(tmp_path / "adapter"), "model")  # from where it was trained: fine
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        StageInputError,
+        match=r"adapter' is a LoRA adapter whose base model \(no such folder from .*elsewhere; as a Hub name\) 'students/base' is not in the local",
+    ):
+        check_model_source(str(tmp_path / "adapter"), "model")
