@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 # Names looked for, in order, when a column key is left unset.
 COMMON_NAMES = {
+    "id": ("id", "problem_id", "unique_id", "question_id"),
     "question": ("question", "problem", "prompt"),
     "answer": ("answer", "gold_answer", "gold", "ground_truth"),
     "reasoning": ("reasoning", "thinking", "reasoning_content"),
@@ -83,6 +84,10 @@ class TraceColumnArguments:
     Every field is a recipe key of the `verify` and `compress` stages.
     """
 
+    id_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of the problem id (default: id, problem_id, unique_id or question_id)."},
+    )
     question_column: str | None = field(
         default=None, metadata={"help": "Column of the problem text (default: question, problem or prompt)."}
     )
@@ -170,6 +175,7 @@ def load_traces(
     # Columns are looked for in every row, so that a row without one is named below rather than the file refused.
     first = dict.fromkeys(key for row in rows for key in row)
     names = {
+        "id": _pick(first, "id", columns.id_column, True, where),
         "question": _pick(first, "question", columns.question_column, True, where),
         "answer": _pick(first, "answer", columns.answer_column, True, where),
         "complete": _pick(first, "complete", columns.complete_column, False, where),
@@ -187,21 +193,21 @@ def load_traces(
             f"column ({' or '.join(COMMON_NAMES['completion'])}); it has {sorted(first)}. Set reasoning_column (and "
             "response_column) or completion_column."
         )
-    renamed = {names[key]: key for key in ("question", "answer", "reasoning", "response") if names[key]}
+    renamed = {names[key]: key for key in ("id", "question", "answer", "reasoning", "response") if names[key]}
     out, kept_lines, dropped = [], [], defaultdict(list)
     for index, (row, number) in enumerate(zip(rows, rows.line_numbers)):
 
         def fail(problem: str, index: int = index) -> StageInputError:
-            return StageInputError(f"{rows.where(index)}: {problem}; fix or remove the row.")
+            return StageInputError(f"{rows.where(index, names['id'])}: {problem}; fix or remove the row.")
 
         if row.get("finish_reason") == FAILED_FINISH_REASON:
             dropped["failed"].append(number)  # no trace to read: the request failed (a rerun of `traces` retries it)
             continue
-        required = ["id", names["question"], names["answer"], names["reasoning"] or names["completion"]]
+        required = [names["id"], names["question"], names["answer"], names["reasoning"] or names["completion"]]
         missing = [column for column in required if column not in row]
         if missing:
             raise fail(f"lacks column(s) {missing} (it has {sorted(row)})")
-        if row["id"] is None:
+        if row[names["id"]] is None:
             raise fail("its id is null (ids key the examples, the mode plans and the resumable files)")
         finished = names["complete"] is None or _is_finished(row.get(names["complete"]))
         if names["completion"]:

@@ -97,3 +97,24 @@ def test_a_pair_the_verifier_could_not_judge_is_not_called_unreadable(tmp_path, 
         verify.main(VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl")))
     kept, drops = verify.verify_rows(rows)
     assert not kept and drops == {"unverified": 1, "unreadable_gold": 1}
+
+
+def test_the_id_column_is_found_or_named(tmp_path):
+    """Ids under `problem_id` (a common name) are read as `id`; `id_column` names any other column."""
+    from cotx_rl.trace_rows import TraceColumnArguments
+
+    rows = [{("problem_id" if k == "id" else k): v for k, v in trace(f"p{i}", "3 * 4 = 12.", "\\boxed{12}").items()}
+            for i in range(2)]  # fmt: skip
+    write_rows(tmp_path / "traces.jsonl", rows)
+    verify.main(VerifyArguments(str(tmp_path / "traces.jsonl"), str(tmp_path / "kept.jsonl")))
+    assert [row["id"] for row in read_rows(tmp_path / "kept.jsonl")] == ["p0", "p1"]
+    write_rows(
+        tmp_path / "uid.jsonl", [{("uid" if k == "problem_id" else k): v for k, v in row.items()} for row in rows]
+    )
+    with pytest.raises(StageInputError, match="no id column \\('id' or 'problem_id'"):
+        verify.main(VerifyArguments(str(tmp_path / "uid.jsonl"), str(tmp_path / "kept.jsonl")))
+    verify.main(
+        VerifyArguments(str(tmp_path / "uid.jsonl"), str(tmp_path / "kept.jsonl")),
+        TraceColumnArguments(id_column="uid"),
+    )
+    assert [row["id"] for row in read_rows(tmp_path / "kept.jsonl")] == ["p0", "p1"]
