@@ -118,3 +118,16 @@ def test_the_id_column_is_found_or_named(tmp_path):
         TraceColumnArguments(id_column="uid"),
     )
     assert [row["id"] for row in read_rows(tmp_path / "kept.jsonl")] == ["p0", "p1"]
+
+
+def test_a_raw_completion_with_a_literal_closing_tag_is_dropped_not_split_wrongly(tmp_path, caplog):
+    rows = [
+        {"id": "plain", "question": "What is 3 * 4?", "answer": "12", "completion": "<think>3 * 4 = 12.</think>\\boxed{12}"},
+        {"id": "code", "question": "What is 3 * 4?", "answer": "12",
+         "completion": "<think>In code, s = '</think>' ends it. 3 * 4 = 12.</think>\\boxed{12}"},
+    ]  # fmt: skip
+    write_rows(tmp_path / "raw.jsonl", rows)
+    with caplog.at_level("WARNING"):
+        stats = verify.main(VerifyArguments(str(tmp_path / "raw.jsonl"), str(tmp_path / "kept.jsonl")))
+    assert [row["id"] for row in read_rows(tmp_path / "kept.jsonl")] == ["plain"]
+    assert stats["dropped"]["stray_tag"] == 1 and "dropped 1 rows as stray_tag (line 2)" in caplog.text
