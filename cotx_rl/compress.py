@@ -458,9 +458,9 @@ def run_rewrites(
     with tqdm(total=len(todo), desc="rewrite", unit="slot") as progress:
         for start in range(0, len(todo), args.rewrite_batch_size):
             batch = todo[start : start + args.rewrite_batch_size]
-            texts = rewrite.compress_batch([(s.row, s.row["reasoning"], s.window.high, s.window.low) for s in batch])
+            texts, failed = rewrite.rewrites([(s.row, s.row["reasoning"], s.window.high, s.window.low) for s in batch])
             records = []
-            for slot, text, request_failed in zip(batch, texts, rewrite.request_failed):
+            for slot, text, request_failed in zip(batch, texts, failed):
                 record = {"key": slot.key(teacher), "example": None, "failures": []}
                 reason = "request_failed" if request_failed else worker.failure(slot.row, text, slot.window, rewrite)
                 found = None

@@ -336,17 +336,20 @@ class RewriteCompressor(Compressor):
     def __init__(self, tokenizer: Any, teacher, max_attempts: int = 3, shrink: float = 0.8):
         super().__init__(tokenizer)
         self.teacher, self.max_attempts, self.shrink = teacher, max_attempts, shrink
-        # Per item of the last `compress_batch`: whether its last request failed (no answer, rather than a bad one).
-        self.request_failed: list[bool] = []
 
     def compress(self, row: dict, reasoning: str, max_tokens: int, min_tokens: int = 0) -> str | None:
         return self.compress_batch([(row, reasoning, max_tokens, min_tokens)])[0]
 
     def compress_batch(self, items: Sequence[tuple[dict, str, int, int]]) -> list[str | None]:
-        """Rewrites of `(row, reasoning, max_tokens, min_tokens)` items: one teacher call per attempt for all those
-        still without a rewrite that fits and keeps the answer."""
+        """Rewrites of `(row, reasoning, max_tokens, min_tokens)` items (see [`RewriteCompressor.rewrites`])."""
+        return self.rewrites(items)[0]
+
+    def rewrites(self, items: Sequence[tuple[dict, str, int, int]]) -> tuple[list[str | None], list[bool]]:
+        """Rewrites of `(row, reasoning, max_tokens, min_tokens)` items, one teacher call per attempt for all those
+        still without a rewrite that fits and keeps the answer; and, per item, whether its last request failed (no
+        answer, rather than a bad one)."""
         results: list[str | None] = [None] * len(items)
-        self.request_failed = [False] * len(items)
+        request_failed = [False] * len(items)
         asks = [max_tokens for _, _, max_tokens, _ in items]
         todo = list(range(len(items)))
         for _ in range(self.max_attempts):
@@ -357,7 +360,7 @@ class RewriteCompressor(Compressor):
             retry = []
             for i, text in zip(todo, texts):
                 row, _, max_tokens, _ = items[i]
-                self.request_failed[i] = text is None
+                request_failed[i] = text is None
                 if text is None:  # the request failed (logged by the backend): ask again, as it was
                     retry.append(i)
                     continue
@@ -369,7 +372,7 @@ class RewriteCompressor(Compressor):
                 asks[i] = max(1, int(asks[i] * self.shrink)) if tokens > max_tokens else asks[i]
                 retry.append(i)
             todo = retry
-        return results
+        return results, request_failed
 
 
 COMPRESSORS: dict[str, Callable[..., Compressor]] = {

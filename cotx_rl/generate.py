@@ -34,7 +34,7 @@ from cotx_rl.generation import (
     summarize,
 )
 from cotx_rl.io import (
-    JSONL_SUFFIXES,
+    READABLE_SUFFIXES,
     Rows,
     StageInputError,
     check_output_path,
@@ -47,7 +47,6 @@ from cotx_rl.models import check_model_source
 
 __all__ = ["BudgetedGenerator", "GenerateArguments", "main", "read_questions"]
 logger = logging.getLogger(__name__)
-STRUCTURED_SUFFIXES = (".json", ".csv", ".parquet")
 
 
 @dataclass
@@ -110,7 +109,7 @@ def read_questions(path: str | Path, question_column: str = "question") -> Rows:
     line separator pasted into a question does not split it, and a UTF-8 byte order mark is not part of the first.
     """
     path = Path(path)
-    if path.suffix in (*JSONL_SUFFIXES, *STRUCTURED_SUFFIXES):
+    if path.suffix in READABLE_SUFFIXES:
         rows = read_rows(path, "Input")
         check_rows(rows, [], text_columns=[question_column])
         return rows

@@ -20,6 +20,7 @@ import logging
 import numbers
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,13 @@ def looks_like_local_path(name: str) -> bool:
         return True
     parts = Path(name).parts
     return len(parts) > 1 and Path(parts[0]).exists()
+
+
+def count_drops(rows: Rows, lines_by_reason: dict[str, list[int]], level: int = logging.WARNING) -> Counter:
+    """Log the rows dropped from `rows` by reason, naming their lines, and return the count per reason."""
+    for reason, lines in lines_by_reason.items():
+        logger.log(level, "%s: dropped %d rows as %s (%s).", rows.name, len(lines), reason, listing(lines, rows.unit))
+    return Counter({reason: len(lines) for reason, lines in lines_by_reason.items()})
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:

@@ -26,7 +26,6 @@ Every other column passes through untouched; the columns read into the schema's 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections import Counter, defaultdict
@@ -35,9 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cotx_rl.budget import BUDGET_END, BUDGET_START, THINK_END, THINK_START
-from cotx_rl.io import Rows, StageInputError, gold_text, listing, read_rows
-
-logger = logging.getLogger(__name__)
+from cotx_rl.io import Rows, StageInputError, count_drops, gold_text, read_rows
 
 # Names looked for, in order, when a column key is left unset.
 COMMON_NAMES = {
@@ -250,6 +247,4 @@ def load_traces(
             normalised["difficulty"] = _difficulty(row["math_level"])
         out.append(normalised)
         kept_lines.append(number)
-    for reason, numbers in dropped.items():
-        logger.warning("%s: dropped %d rows as %s (%s).", rows.name, len(numbers), reason, listing(numbers, rows.unit))
-    return Rows(out, kept_lines, rows.name, rows.unit), Counter({reason: len(n) for reason, n in dropped.items()})
+    return Rows(out, kept_lines, rows.name, rows.unit), count_drops(rows, dropped)

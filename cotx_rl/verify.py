@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 from cotx_rl.budget import render_completion
 from cotx_rl.io import (
+    Rows,
     StageInputError,
     check_writable_output,
+    count_drops,
     describe_duplicates,
     duplicate_ids,
-    listing,
     write_json,
     write_rows,
 )
@@ -67,18 +68,15 @@ def verify_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
     """Kept rows (with `teacher_correct` set) and the count of drops per reason."""
     texts = [render_completion(row["reasoning"], row.get("response") or "") for row in rows]
     scores, why_none = correctness_reward.score_with_reasons([row["answer"] for row in rows], texts)
+    rows = rows if isinstance(rows, Rows) else Rows(rows, name="Traces")
     kept, lines = [], defaultdict(list)
-    numbers = getattr(rows, "line_numbers", None) or range(1, len(rows) + 1)
-    for row, score, why, number in zip(rows, scores, why_none, numbers):
+    for row, score, why, number in zip(rows, scores, why_none, rows.line_numbers):
         reason = drop_reason(row, score, why)
         if reason is None:
             kept.append({**row, "teacher_correct": True})
         else:
             lines[reason].append(number)
-    name, unit = getattr(rows, "name", "Traces"), getattr(rows, "unit", "line")
-    for reason, found in lines.items():
-        logger.info("%s: dropped %d rows as %s (%s).", name, len(found), reason, listing(found, unit))
-    return kept, Counter({reason: len(found) for reason, found in lines.items()})
+    return kept, count_drops(rows, lines, logging.INFO)
 
 
 def drop_repeats(rows, drops: Counter):

@@ -120,9 +120,11 @@ class Teacher(ABC):
         outputs = self.complete(prompts) if prompts else []
         if len(outputs) != len(prompts):
             raise RuntimeError(f"The {self.name} teacher returned {len(outputs)} rewrites for {len(prompts)} prompts.")
-        return [
-            None if output is None else split_thinking(output)[1] or split_thinking(output)[0] for output in outputs
-        ]
+        rewrites = []
+        for output in outputs:
+            reasoning, response = split_thinking(output) if output is not None else (None, None)
+            rewrites.append(response or reasoning)
+        return rewrites
 
     def complete(self, prompts: list[str]) -> list[str | None]:
         """Raw completions for free-form user prompts (used by `rewrite`); model backends implement it. A backend
